@@ -1,0 +1,97 @@
+"""BlobProto <-> numpy, for every way Caffe files store a blob.
+
+Shapes come from ``shape.dim`` or from the legacy num/channels/height/width
+fields; values from ``data`` (float), ``double_data`` or NVIDIA's ``raw_data``
+with ``raw_data_type``. Arrays are built from the packed fields in one call,
+never element by element, and blobs are written by handing protobuf the packed
+bytes so no per-element conversion runs in either direction.
+"""
+import numpy as np
+
+from . import caffe_pb2
+from .errors import ParseError
+
+_RAW_DTYPES = {
+    caffe_pb2.DOUBLE: np.dtype("<f8"),
+    caffe_pb2.FLOAT: np.dtype("<f4"),
+    caffe_pb2.FLOAT16: np.dtype("<f2"),
+    caffe_pb2.INT: np.dtype("<i4"),
+    caffe_pb2.UINT: np.dtype("<u4"),
+}
+
+
+def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
+    """The blob's declared shape: ``shape.dim`` if present, else the legacy 4-D dims."""
+    if blob.HasField("shape"):
+        return tuple(int(d) for d in blob.shape.dim)
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+        return (blob.num, blob.channels, blob.height, blob.width)
+    return ()
+
+
+def is_legacy_shape(blob: caffe_pb2.BlobProto) -> bool:
+    """True when the shape is given by num/channels/height/width rather than ``shape``."""
+    return not blob.HasField("shape")
+
+
+def blob_to_array(blob: caffe_pb2.BlobProto) -> np.ndarray:
+    """Return the blob's values as a float32 array of its declared shape.
+
+    Raises ParseError when the value count does not match the shape.
+    """
+    if blob.HasField("raw_data_type") or blob.HasField("raw_data"):
+        dtype = _RAW_DTYPES.get(blob.raw_data_type)
+        if dtype is None:
+            raise ParseError(f"blob has unknown raw_data_type {blob.raw_data_type}")
+        if len(blob.raw_data) % dtype.itemsize:
+            raise ParseError(f"raw_data of {len(blob.raw_data)} bytes is not a whole number of {dtype.name} values")
+        values = np.frombuffer(blob.raw_data, dtype=dtype).astype(np.float32)
+    elif len(blob.double_data):
+        values = np.array(blob.double_data, dtype=np.float64).astype(np.float32)
+    else:
+        values = np.array(blob.data, dtype=np.float32)
+    shape = blob_shape(blob)
+    expected = int(np.prod(shape)) if shape else values.size
+    if values.size != expected:
+        raise ParseError(f"blob of shape {shape} holds {values.size} values, expected {expected}")
+    return values.reshape(shape) if shape else values
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def array_to_blob(array: np.ndarray, shape: tuple[int, ...] | None = None) -> caffe_pb2.BlobProto:
+    """Build a float32 BlobProto (``shape`` + packed ``data``) from an array.
+
+    ``shape`` overrides the array's own shape (same element count), e.g. to keep
+    a legacy layout. The packed bytes go straight to protobuf's parser.
+    """
+    values = np.ascontiguousarray(array, dtype="<f4")
+    dims = tuple(values.shape if shape is None else shape)
+    if int(np.prod(dims)) != values.size:
+        raise ValueError(f"shape {dims} does not fit {values.size} values")
+    shape_payload = _length_delimited(1, b"".join(_varint(d) for d in dims)) if dims else b""
+    payload = _length_delimited(7, shape_payload) + _length_delimited(5, values.tobytes())
+    blob = caffe_pb2.BlobProto()
+    blob.ParseFromString(payload)
+    return blob
+
+
+def blob_nbytes(blob: caffe_pb2.BlobProto) -> int:
+    """Bytes the blob's values take as stored (float32 data, float64 or raw)."""
+    if blob.HasField("raw_data"):
+        return len(blob.raw_data)
+    return 8 * len(blob.double_data) + 4 * len(blob.data)

@@ -1,0 +1,114 @@
+"""Loading a Caffe model: prototxt (+ caffemodel) -> upgraded, filtered, weighted ``Net``.
+
+Weights attach to layers by name, as Caffe does. Blob shapes are checked
+against what each layer expects for its inferred input sizes; legacy 4-D blob
+dims (e.g. an InnerProduct weight stored as 1x1xOxI) are accepted where Caffe
+accepts them and reshaped to the layer's shape.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import caffe_pb2
+from .blobs import blob_to_array, is_legacy_shape
+from .errors import CaffeSurgeryError, ShapeError
+from .graph import TEST, Net, build_net
+from .io import read_net_text, read_weights
+from .shapes import NetShapes, infer_shapes
+from .upgrade import upgrade_net
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Model:
+    """A net with its weights, its inferred shapes and what loading noticed."""
+
+    net: Net
+    shapes: NetShapes
+    warnings: list[str] = field(default_factory=list)
+
+
+def _legacy_fits(stored: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """Caffe's legacy rule: 4-D num/channels/height/width equal the expected shape padded with 1s."""
+    if len(expected) > 4:
+        return False
+    return tuple(stored) == (1,) * (4 - len(expected)) + tuple(expected)
+
+
+def weights_by_layer(weights: caffe_pb2.NetParameter, source: str) -> dict[str, list[caffe_pb2.BlobProto]]:
+    """Map layer name -> stored blobs of an (upgraded) caffemodel; layers without blobs are left out."""
+    found = {}
+    for layer in weights.layer:
+        if len(layer.blobs):
+            found[layer.name] = list(layer.blobs)
+    return found
+
+
+def attach_weights(net: Net, shapes: NetShapes, stored: dict[str, list[caffe_pb2.BlobProto]], source: str) -> list[str]:
+    """Give every layer of ``net`` the stored blobs of its namesake; return warnings.
+
+    Raises ShapeError naming both shapes when a blob does not fit its layer.
+    """
+    warnings = []
+    for layer in net.layers:
+        blobs = stored.get(layer.name)
+        if blobs is None:
+            continue
+        expected = shapes.layer(layer.name).param_shapes
+        if expected is not None and len(blobs) != len(expected):
+            raise ShapeError(f"caffemodel has {len(blobs)} blobs, the layer expects {len(expected)}",
+                             file=source, layer=layer.name)
+        arrays = []
+        for index, blob in enumerate(blobs):
+            try:
+                array = blob_to_array(blob)
+            except CaffeSurgeryError as exc:
+                raise ShapeError(f"blob {index}: {exc.problem}", file=source, layer=layer.name) from exc
+            if expected is not None and array.shape != tuple(expected[index]):
+                if not (is_legacy_shape(blob) and _legacy_fits(array.shape, expected[index])):
+                    raise ShapeError(f"blob {index} has shape {array.shape}, the layer expects {tuple(expected[index])}",
+                                     file=source, layer=layer.name)
+                array = array.reshape(expected[index])
+            arrays.append(array)
+        layer.blobs = arrays
+    extra = sorted(set(stored) - {layer.name for layer in net.layers})
+    if extra:
+        warnings.append(f"{source}: weights for layers not in the net are ignored: {', '.join(extra)}")
+    return warnings
+
+
+def load_net(prototxt: str | os.PathLike, phase: int = TEST, stages: tuple[str, ...] = ()) -> Net:
+    """Parse, upgrade and phase-filter a net prototxt (no weights)."""
+    source = str(prototxt)
+    try:
+        return build_net(upgrade_net(read_net_text(prototxt)), phase=phase, stages=stages, source=source)
+    except CaffeSurgeryError as exc:
+        raise exc.with_file(source)
+
+
+def load_model(prototxt: str | os.PathLike, weights: str | os.PathLike | None = None, *,
+               phase: int = TEST, input_shapes: dict[str, tuple[int, ...]] | None = None,
+               stages: tuple[str, ...] = ()) -> Model:
+    """Load a prototxt and optionally its caffemodel into a checked ``Model``."""
+    net = load_net(prototxt, phase=phase, stages=stages)
+    try:
+        shapes = infer_shapes(net, input_shapes)
+    except CaffeSurgeryError as exc:
+        raise exc.with_file(str(prototxt))
+    warnings = []
+    if weights is not None:
+        stored = weights_by_layer(upgrade_net(read_weights(weights)), str(weights))
+        warnings = attach_weights(net, shapes, stored, str(weights))
+    for message in warnings:
+        log.warning(message)
+    return Model(net=net, shapes=shapes, warnings=warnings)
+
+
+def layer_weights_nbytes(net: Net) -> int:
+    """Bytes of float32 weights the net carries."""
+    return int(sum(np.asarray(b).size * 4 for layer in net.layers for b in layer.blobs))

@@ -90,6 +90,26 @@ def array_to_blob(array: np.ndarray, shape: tuple[int, ...] | None = None) -> ca
     return blob
 
 
+def _varint_field(field_number: int, value: int) -> bytes:
+    return _varint(field_number << 3) + _varint(value)
+
+
+def to_float32_blob(blob: caffe_pb2.BlobProto) -> caffe_pb2.BlobProto:
+    """The same blob with its values as float32 ``data``, keeping how its shape was given.
+
+    Legacy num/channels/height/width dims stay legacy, so stock Caffe's loose
+    shape check still accepts them where the layer's shape has fewer axes.
+    """
+    values = blob_to_array(blob)
+    if not is_legacy_shape(blob):
+        return array_to_blob(values)
+    dims = b"".join(_varint_field(number, getattr(blob, name))
+                    for number, name in ((1, "num"), (2, "channels"), (3, "height"), (4, "width")))
+    out = caffe_pb2.BlobProto()
+    out.ParseFromString(dims + _length_delimited(5, np.ascontiguousarray(values, dtype="<f4").tobytes()))
+    return out
+
+
 def blob_nbytes(blob: caffe_pb2.BlobProto) -> int:
     """Bytes the blob's values take as stored (float32 data, float64 or raw)."""
     if blob.HasField("raw_data"):

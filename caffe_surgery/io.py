@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import message, text_format
 
-from . import caffe_pb2
+from . import caffe_pb2, textproto
 from .blobs import blob_to_array
 from .errors import ParseError
 
@@ -27,7 +27,7 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
 def _parse_text(path, proto):
     text = _read_bytes(path).decode("utf-8", errors="replace")
     try:
-        text_format.Merge(text, proto)
+        textproto.parse(text, proto)
     except text_format.ParseError as exc:
         raise ParseError(f"syntax error: {exc}", file=str(path)) from exc
     return proto
@@ -91,7 +91,7 @@ def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
 
 def write_text(path: str | os.PathLike, proto: message.Message) -> None:
     """Write a message as a text prototxt, atomically."""
-    atomic_write(path, [text_format.MessageToString(proto).encode("utf-8")])
+    atomic_write(path, [textproto.to_text(proto).encode("utf-8")])
 
 
 def write_binary(path: str | os.PathLike, proto: message.Message) -> None:

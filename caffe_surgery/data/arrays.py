@@ -96,6 +96,9 @@ def numpy_source(path: str, transformer: Transformer | None = None) -> ArraySour
             raise DataError(f"no 'data' or 'images' array in the archive (it has {loaded.files})",
                             file=path)
         label_key = next((k for k in ("labels", "label") if k in loaded.files), None)
-        images = loaded[image_key]
-        labels = loaded[label_key] if label_key else None
+        try:
+            images = loaded[image_key]
+            labels = loaded[label_key] if label_key else None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot load numpy archive: {exc}", file=path) from None
     return ArraySource(images, labels, path, transformer)

@@ -36,7 +36,10 @@ def hwc_to_chw(image: np.ndarray) -> np.ndarray:
 
 def datum_to_array(datum: caffe_pb2.Datum, force_color: bool = False,
                    force_gray: bool = False) -> tuple[np.ndarray, int]:
-    """Return the Datum's sample as a C×H×W array (uint8, or float32 for float_data) and its label."""
+    """Return the Datum's sample as a C×H×W array (uint8, or float32 for float_data) and its label.
+
+    Raw uint8 data comes back as a read-only view of the Datum's bytes.
+    """
     if datum.encoded:
         return decode_image(datum.data, force_color, force_gray), datum.label
     shape = (datum.channels, datum.height, datum.width)

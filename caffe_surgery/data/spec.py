@@ -16,6 +16,8 @@ def parse_data_spec(spec: str, transform_param: caffe_pb2.TransformationParamete
                     base_dir: str | None = None) -> Source:
     """Open the source a command-line spec names, e.g. ``idx:images.gz:labels.gz``.
 
+    A ``list:`` spec's ROOT is a folder (a ``/`` is added when missing).
+
     ``transform_param`` (e.g. a net's data layer's) is applied to the samples;
     relative paths, the mean file's included, are tried against ``base_dir`` then the cwd.
     """
@@ -27,7 +29,8 @@ def parse_data_spec(spec: str, transform_param: caffe_pb2.TransformationParamete
     if kind == "lmdb":
         return LmdbSource(resolve_path(rest, base_dir), transformer)
     if kind == "list":
-        return ImageListSource(resolve_path(first, base_dir), root_folder=second,
+        root = second if not second or second.endswith("/") else second + "/"
+        return ImageListSource(resolve_path(first, base_dir), root_folder=root,
                                transformer=transformer, base_dir=base_dir)
     if kind == "idx":
         labels = resolve_path(second, base_dir) if second else None

@@ -226,3 +226,11 @@ def build_net(net_param: caffe_pb2.NetParameter, phase: int = TEST, level: int =
             copy.CopyFrom(layer)
             params.append(copy)
     return Net(header, _wire_layers(params, source), source)
+
+
+def net_from_layers(net_param: caffe_pb2.NetParameter, source: str | None = None) -> Net:
+    """Build the IR from a NetParameter whose layers are already the ones to run (no phase filter)."""
+    header = caffe_pb2.NetParameter()
+    header.CopyFrom(net_param)
+    del header.layer[:]
+    return Net(header, _wire_layers(list(net_param.layer), source), source)

@@ -230,7 +230,7 @@ def _fold_padding_layers(net: caffe_pb2.NetParameter) -> list:
     A padding layer's pad moves to the conv or pool layer that reads its output,
     and that layer's bottom is rewired to the padding layer's own input.
     """
-    last_writer = {blob: None for blob in net.input}  # blob -> index of the padding layer writing it
+    last_writer = {blob: None for blob in net.input}  # blob -> index of padding layer writing it
     unread_padding = {}  # index of a padding layer nobody has read yet -> its name
     kept = []
     for position, connection in enumerate(net.layers):
@@ -341,7 +341,7 @@ def _upgrade_data_transformation(net: caffe_pb2.NetParameter) -> None:
 
 
 def _upgrade_v1_to_v2(net: caffe_pb2.NetParameter) -> None:
-    """Replace the net's V1 ``layers`` with current ``layer`` entries, in place (Caffe's UpgradeV1Net)."""
+    """Replace V1 ``layers`` with current ``layer`` entries, in place (Caffe's UpgradeV1Net)."""
     for v1 in net.layers:
         _upgrade_v1_layer(v1, net.layer.add())
     net.ClearField("layers")
@@ -382,7 +382,7 @@ def _upgrade_param_specs(v1: V1Layer, layer: caffe_pb2.LayerParameter) -> None:
 
 
 def _upgrade_input_header(net: caffe_pb2.NetParameter) -> None:
-    """Turn the legacy input header into a leading "Input" layer, in place (Caffe's UpgradeNetInput).
+    """Turn the input header into a leading "Input" layer, in place (Caffe's UpgradeNetInput).
 
     The layer gets one shape per input, or a single shape shared by all inputs.
     A header with names but no shapes (old caffemodels) is simply dropped.
@@ -435,7 +435,7 @@ def _set_field(message, name: str, value) -> None:
 
 
 def _unknown_field_value(message, name: str):
-    """The value of field ``name`` when protobuf kept it as unknown (an enum number the schema lacks)."""
+    """The value of field ``name`` kept as an unknown field (an enum number the schema lacks)."""
     number = message.DESCRIPTOR.fields_by_name[name].number
     for unknown in unknown_fields.UnknownFieldSet(message):
         if unknown.field_number == number:

@@ -448,6 +448,17 @@ def test_convert_leaves_nothing_on_error(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_convert_grows_a_full_map(tmp_path, monkeypatch):
+    import caffe_surgery.data.convert as convert
+
+    monkeypatch.setattr(convert, "MAP_SLACK", 1 << 16)
+    values = np.random.default_rng(7).normal(size=(40, 3, 16, 16)).astype(np.float32)
+    out = str(tmp_path / "floats")
+    assert convert_to_lmdb(ArraySource(values, None, "arr"), out) == 40
+    got, _ = collect(LmdbSource(out), batch_size=16)
+    np.testing.assert_array_equal(got, values)
+
+
 def test_progress_is_silent_off_a_terminal(capsys):
     with progress(10, "test") as bar:
         bar.update(4)

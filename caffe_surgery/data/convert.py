@@ -33,7 +33,7 @@ def convert_to_lmdb(source: Source, out_path: str, *, limit: int | None = None,
     count = len(source) if limit is None else max(0, min(limit, len(source)))
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.", dir=parent)
     try:
-        _write(source, count, work)
+        written = _write(source, count, work)
         os.chmod(work, 0o755)
         if os.path.lexists(out_path):
             _remove(out_path)
@@ -41,7 +41,7 @@ def convert_to_lmdb(source: Source, out_path: str, *, limit: int | None = None,
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return count
+    return written
 
 
 def convert_data(spec: str, out_path: str, limit: int | None = None, overwrite: bool = False) -> int:
@@ -49,8 +49,9 @@ def convert_data(spec: str, out_path: str, limit: int | None = None, overwrite: 
     return convert_to_lmdb(parse_data_spec(spec), out_path, limit=limit, overwrite=overwrite)
 
 
-def _write(source: Source, count: int, path: str) -> None:
-    sample_bytes = int(np.prod(source.raw_shape)) * 4  # float_data worst case
+def _write(source: Source, count: int, path: str) -> int:
+    """Write ``count`` records into a new LMDB at ``path``; return how many were written."""
+    sample_bytes = int(np.prod(source.raw_shape))  # uint8; float data grows the map on demand
     env = lmdb.open(path, map_size=2 * count * (sample_bytes + 64) + MAP_SLACK, sync=False)
     try:
         index = 0
@@ -64,6 +65,7 @@ def _write(source: Source, count: int, path: str) -> None:
         env.sync(True)
     finally:
         env.close()
+    return index
 
 
 def _commit(env: lmdb.Environment, records: list[tuple[bytes, bytes]]) -> None:

@@ -1,0 +1,174 @@
+"""Validate a net + weights pair as strictly as Caffe's loader, listing every problem.
+
+Each problem is one line ``file: layer: problem``. Unlike loading, checking
+does not stop at the first problem: a layer with a broken wiring is left out
+(and so are the layers that read only what it would have made), shape
+inference goes on past failed layers, and every weighted layer is compared
+with the caffemodel.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+
+from . import caffe_pb2
+from .blobs import blob_shape, blob_to_array, is_legacy_shape
+from .errors import CaffeSurgeryError
+from .graph import TEST, BlobVersion, Layer, Net, layer_included
+from .io import read_net_text, read_weights
+from .model import _legacy_fits, weights_by_layer
+from .shapes import DataShapes, NetShapes, infer_shapes
+
+
+def _line(source: str | None, layer: str | None, problem: str) -> str:
+    return ": ".join(part for part in (source, layer, problem) if part)
+
+
+def _structure_problems(net: Net, source: str | None) -> list[str]:
+    """Duplicate layer names, bottoms nobody wrote before, blobs written twice but not in place."""
+    problems = []
+    counts = Counter(layer.name for layer in net.layers)
+    problems += [_line(source, name, f"layer name is used {count} times")
+                 for name, count in counts.items() if count > 1]
+    written: dict[BlobVersion, str] = {}
+    latest: dict[str, BlobVersion] = {}
+    for layer in net.layers:
+        for bottom in layer.bottoms:
+            if bottom not in written:
+                problems.append(_line(source, layer.name, f"bottom blob '{bottom.name}' is not produced by any earlier layer"))
+        bottom_names = {b.name for b in layer.bottoms}
+        for top in layer.tops:
+            previous = latest.get(top.name)
+            if previous is not None and top.name not in bottom_names:
+                problems.append(_line(source, layer.name, f"top blob '{top.name}' is already produced by layer "
+                                                          f"'{previous.producer}' (only in-place layers may rewrite a blob)"))
+            written[top] = layer.name
+            latest[top.name] = top
+    return problems
+
+
+def _weight_problems(net: Net, shapes: NetShapes, source: str | None) -> list[str]:
+    """Each layer's attached blobs against the shapes its type and bottoms call for."""
+    problems = []
+    for layer in net.layers:
+        info = shapes.layers.get(layer.name)
+        if info is None or info.param_shapes is None:
+            continue
+        expected, blobs = info.param_shapes, layer.blobs
+        if expected and not blobs:
+            problems.append(_line(source, layer.name, f"no weights in the caffemodel; the {layer.type} layer needs "
+                                                      f"{len(expected)} blobs of shapes {', '.join(map(str, expected))}"))
+        elif len(blobs) != len(expected):
+            what = " (mean, variance, moving-average factor)" if layer.type == "BatchNorm" else ""
+            problems.append(_line(source, layer.name, f"the caffemodel has {len(blobs)} blobs, the {layer.type} layer "
+                                                      f"needs {len(expected)}{what}"))
+        else:
+            problems += [_line(source, layer.name, f"blob {index} has shape {tuple(blob.shape)}, the layer expects {want}")
+                         for index, (blob, want) in enumerate(zip(blobs, expected)) if tuple(blob.shape) != want]
+    return problems
+
+
+def check_model(net: Net, shapes: NetShapes | None = None, source: str | None = None,
+                weights_source: str | None = None) -> list[str]:
+    """Every problem of ``net`` and the weights attached to its layers (``layer.blobs``).
+
+    ``shapes`` are inferred (collecting every inference problem) when not given;
+    net problems name ``source`` (default: the net's), weight problems
+    ``weights_source`` (default: ``source``).
+    """
+    source = source or net.source
+    problems = _structure_problems(net, source)
+    if shapes is None:
+        errors: list[CaffeSurgeryError] = []
+        shapes = infer_shapes(net, errors=errors)
+        problems += [_line(e.file or source, e.layer, e.problem) for e in errors]
+    return problems + _weight_problems(net, shapes, weights_source or source)
+
+
+def _lenient_net(net_param: caffe_pb2.NetParameter, phase: int, source: str, problems: list[str]) -> Net:
+    """Like ``build_net``, but a layer with a duplicate name or a missing bottom is reported and left out
+    (and silently so are the layers reading only what it would have made); a blob written twice is kept
+    as a rewrite, for ``check_model`` to report."""
+    state = caffe_pb2.NetState()
+    state.CopyFrom(net_param.state)
+    state.phase = phase
+    header = caffe_pb2.NetParameter()
+    header.CopyFrom(net_param)
+    del header.layer[:]
+    params = [p for p in net_param.layer if layer_included(p, state)]
+    producers = {top: p.name for p in params for top in p.top}
+    current: dict[str, BlobVersion] = {}
+    dropped: set[str] = set()
+    names: set[str] = set()
+    layers = []
+    for param in params:
+        missing = [b for b in param.bottom if b not in current]
+        if param.name in names:
+            problems.append(_line(source, param.name, "layer name is used twice (this layer is left out of the check)"))
+        for name in missing:
+            if name in dropped:
+                continue
+            later = producers.get(name)
+            problems.append(_line(source, param.name, f"bottom blob '{name}' is produced only later, by layer '{later}'"
+                                  if later and later != param.name else
+                                  f"bottom blob '{name}' is not produced by any earlier layer"))
+        if param.name in names or missing:
+            dropped.update(param.top)
+            continue
+        names.add(param.name)
+        tops = []
+        for name in param.top:
+            previous = current.get(name)
+            tops.append(BlobVersion(name, 0 if previous is None else previous.version + 1, param.name))
+        layer_param = caffe_pb2.LayerParameter()
+        layer_param.CopyFrom(param)
+        layers.append(Layer(param=layer_param, bottoms=[current[b] for b in param.bottom], tops=tops))
+        current.update((top.name, top) for top in tops)
+    return Net(header, layers, source)
+
+
+def _attach_stored(net: Net, shapes: NetShapes, stored: dict[str, list[caffe_pb2.BlobProto]],
+                   source: str, problems: list[str]) -> None:
+    """Give each layer its stored blobs as arrays; legacy 4-D dims that Caffe accepts take the expected shape."""
+    for layer in net.layers:
+        info = shapes.layers.get(layer.name)
+        expected = info.param_shapes if info is not None and info.param_shapes is not None else []
+        arrays = []
+        for index, blob in enumerate(stored.get(layer.name, [])):
+            try:
+                array = blob_to_array(blob)
+            except CaffeSurgeryError as exc:
+                problems.append(_line(source, layer.name, f"blob {index}: {exc.problem}"))
+                array = np.empty(blob_shape(blob), dtype=np.float32)
+            if (index < len(expected) and array.shape != expected[index] and is_legacy_shape(blob)
+                    and _legacy_fits(array.shape, expected[index])):
+                array = array.reshape(expected[index])
+            arrays.append(array)
+        layer.blobs = arrays
+
+
+def check_files(prototxt: str | os.PathLike, weights: str | os.PathLike,
+                input_shapes: dict[str, tuple[int, ...]] | None = None, *, phase: int = TEST,
+                data_shapes: DataShapes | None = None) -> list[str]:
+    """Read, upgrade, build and shape-check a prototxt/caffemodel pair; return every problem found."""
+    from .upgrade import upgrade_net
+
+    net_source, weights_source = str(prototxt), str(weights)
+    try:
+        net_param = upgrade_net(read_net_text(prototxt))
+    except CaffeSurgeryError as exc:
+        return [exc.with_file(net_source).one_line()]
+    problems: list[str] = []
+    net = _lenient_net(net_param, phase, net_source, problems)
+    errors: list[CaffeSurgeryError] = []
+    shapes = infer_shapes(net, input_shapes, data_shapes=data_shapes, errors=errors)
+    problems += _structure_problems(net, net_source)
+    problems += [_line(e.file or net_source, e.layer, e.problem) for e in errors]
+    try:
+        stored = weights_by_layer(upgrade_net(read_weights(weights)), weights_source)
+    except CaffeSurgeryError as exc:
+        return problems + [exc.with_file(weights_source).one_line()]
+    _attach_stored(net, shapes, stored, weights_source, problems)
+    return problems + _weight_problems(net, shapes, weights_source)

@@ -1,0 +1,87 @@
+"""SSD's PriorBox, folded to a constant: it depends only on shapes and parameters."""
+import math
+
+import numpy as np
+
+from .context import LayerContext
+from .registry import converter
+
+
+def aspect_ratios(param) -> list[float]:
+    """1, then each new ratio (and its inverse with ``flip``), skipping near-duplicates, as Caffe-SSD does."""
+    ratios = [1.0]
+    for ratio in param.aspect_ratio:
+        if any(abs(ratio - known) < 1e-6 for known in ratios):
+            continue
+        ratios.append(ratio)
+        if param.flip:
+            ratios.append(1.0 / ratio)
+    return ratios
+
+
+def box_sizes(param) -> list[tuple[float, float]]:
+    """(width, height) of the priors at one position, in Caffe-SSD's order: per min_size, the square
+    min box, the sqrt(min * max) box, then the other aspect ratios."""
+    if param.max_size and len(param.max_size) != len(param.min_size):
+        raise ValueError("PriorBox needs as many max_size as min_size values")
+    sizes = []
+    for index, min_size in enumerate(param.min_size):
+        sizes.append((min_size, min_size))
+        if param.max_size:
+            side = math.sqrt(min_size * param.max_size[index])
+            sizes.append((side, side))
+        for ratio in aspect_ratios(param)[1:]:
+            sizes.append((min_size * math.sqrt(ratio), min_size / math.sqrt(ratio)))
+    return sizes
+
+
+def prior_boxes(param, layer_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
+    """The PriorBox top, shape (1, 2, H * W * priors * 4): corner boxes, then their variances."""
+    layer_h, layer_w = layer_hw
+    img_h, img_w = _image_size(param, image_hw)
+    step_h, step_w = _steps(param, img_h / layer_h, img_w / layer_w)
+    centers_y = (np.arange(layer_h) + param.offset) * step_h
+    centers_x = (np.arange(layer_w) + param.offset) * step_w
+    sizes = np.asarray(box_sizes(param), dtype=np.float64)
+    cy, cx = np.meshgrid(centers_y, centers_x, indexing="ij")
+    cx, cy = cx[:, :, None], cy[:, :, None]
+    half_w, half_h = sizes[:, 0] / 2, sizes[:, 1] / 2
+    boxes = np.stack([(cx - half_w) / img_w, (cy - half_h) / img_h,
+                      (cx + half_w) / img_w, (cy + half_h) / img_h], axis=-1).reshape(-1)
+    if param.clip:
+        boxes = np.clip(boxes, 0.0, 1.0)
+    variance = list(param.variance) or [0.1]
+    if len(variance) not in (1, 4):
+        raise ValueError("PriorBox needs 1 or 4 variance values")
+    variances = np.tile(np.asarray(variance * (4 // len(variance))), boxes.size // 4)
+    return np.stack([boxes, variances]).astype(np.float32)[None]
+
+
+def _image_size(param, image_hw: tuple[int, int]) -> tuple[int, int]:
+    """img_h/img_w, img_size, or the size of the image bottom."""
+    if param.HasField("img_h") or param.HasField("img_w"):
+        return param.img_h, param.img_w
+    if param.HasField("img_size"):
+        return param.img_size, param.img_size
+    return image_hw
+
+
+def _steps(param, default_h: float, default_w: float) -> tuple[float, float]:
+    """step_h/step_w, step, or the image-to-layer size ratio."""
+    if param.HasField("step_h") or param.HasField("step_w"):
+        return param.step_h, param.step_w
+    if param.HasField("step"):
+        return param.step, param.step
+    return default_h, default_w
+
+
+@converter("PriorBox")
+def prior_box(ctx: LayerContext) -> None:
+    """A constant computed from the feature map (bottom 0) and image (bottom 1) sizes."""
+    layer_hw = ctx.bottom_shape(0)[-2:]
+    image_hw = ctx.bottom_shape(1)[-2:]
+    try:
+        priors = prior_boxes(ctx.param.prior_box_param, layer_hw, image_hw)
+    except ValueError as exc:
+        raise ctx.unsupported(f"with invalid parameters ({exc})") from exc
+    ctx.node("Identity", [ctx.const(priors, "priors")], ctx.top())

@@ -1,0 +1,116 @@
+"""Export a Caffe net, or the part of it some blobs need, to a checked ONNX model.
+
+Tensor names follow the Caffe blobs: a data layer's tops and the final version
+of every other blob keep the blob name; an earlier version of a blob rewritten
+in place (``fc`` before ``relu`` wrote it again) is ``name@producer``, e.g.
+``fc@fc``, and a rewritten data blob's final version is its key ``data@scale``.
+Training-only layers (losses, Accuracy, Silence) are left out, and so are data
+tops no exported layer reads.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import onnx
+from onnx import helper
+
+from .errors import GraphError, UnsupportedLayerError
+from .export import CONVERTERS, DATA_TYPES, is_dropped, supported_types
+from .export.context import GraphBuilder, LayerContext
+from .graph import BlobVersion, Layer, Net
+from .io import atomic_write
+
+MIN_OPSET = 13
+"""Softmax along one axis and Split sizes as an input need opset 13."""
+
+BlobSpec = BlobVersion | str
+
+
+def tensor_names(net: Net) -> dict[BlobVersion, str]:
+    """The ONNX tensor name of every blob version of ``net`` (see the module docstring)."""
+    data_blobs = {top.name for layer in net.layers if layer.type in DATA_TYPES for top in layer.tops}
+    names = {}
+    for layer in net.layers:
+        for top in layer.tops:
+            keeps_name = top.version == 0 if top.name in data_blobs else top == net.final(top.name)
+            names[top] = top.name if keeps_name else f"{top.name}@{top.producer}"
+    if len(set(names.values())) != len(names):
+        raise GraphError("blob names clash with the 'name@layer' names of in-place versions")
+    return names
+
+
+def default_outputs(net: Net) -> list[BlobVersion]:
+    """Final blob versions that no deploy layer reads: the outputs of the net without its training-only layers."""
+    kept = [layer for layer in net.layers if not is_dropped(layer.type)]
+    read = {bottom for layer in kept for bottom in layer.bottoms}
+    return [top for layer in kept if layer.type not in DATA_TYPES for top in layer.tops
+            if top == net.final(top.name) and top not in read]
+
+
+def graph_outputs(net: Net, taps: Iterable[BlobSpec] = (), outputs: Iterable[BlobSpec] | None = None
+                  ) -> list[BlobVersion]:
+    """The blob versions an export produces: ``outputs`` (default: the deploy outputs), then the taps."""
+    chosen = default_outputs(net) if outputs is None else [_resolve(net, spec) for spec in outputs]
+    for spec in taps:
+        chosen.append(_resolve(net, spec))
+    unique = list(dict.fromkeys(chosen))
+    if not unique:
+        raise GraphError("the net has no outputs to export", file=net.source)
+    return unique
+
+
+def _resolve(net: Net, spec: BlobSpec) -> BlobVersion:
+    return spec if isinstance(spec, BlobVersion) else net.resolve(spec)
+
+
+def needed_layers(net: Net, targets: Sequence[BlobVersion]) -> list[Layer]:
+    """The layers computing ``targets``, in net order; an UnsupportedLayerError for the first unknown type."""
+    needed: set[str] = set()
+    pending = [net.producer(version) for version in targets]
+    while pending:
+        layer = pending.pop()
+        if layer.name not in needed:
+            needed.add(layer.name)
+            pending.extend(net.producer(bottom) for bottom in layer.bottoms)
+    layers = [layer for layer in net.layers if layer.name in needed]
+    for layer in layers:
+        if layer.type not in CONVERTERS:
+            raise UnsupportedLayerError(f"layer type '{layer.type}' cannot be exported to ONNX "
+                                        f"(supported: {', '.join(supported_types())})",
+                                        file=net.source, layer=layer.name)
+    return layers
+
+
+def export_onnx(net: Net, shapes, *, opset: int = 17, dynamic_batch: bool = False,
+                taps: Iterable[BlobSpec] = (), outputs: Iterable[BlobSpec] | None = None) -> onnx.ModelProto:
+    """Convert ``net`` to an ONNX model that passes the full checker and strict shape inference.
+
+    ``shapes`` needs only ``shapes.blob(version) -> tuple``. ``outputs`` (blob versions or
+    ``name``/``name@layer`` specs) restricts the graph to what they need, default the net's deploy
+    outputs; ``taps`` are extra outputs. With ``dynamic_batch`` dim 0 of the inputs is symbolic.
+    """
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise ValueError(f"opset {opset} is outside {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
+    targets = graph_outputs(net, taps, outputs)
+    layers = needed_layers(net, targets)
+    names = tensor_names(net)
+    used = {bottom for layer in layers for bottom in layer.bottoms} | set(targets)
+    builder = GraphBuilder(shapes, names, used, opset, dynamic_batch)
+    for layer in layers:
+        CONVERTERS[layer.type](LayerContext(builder, layer))
+    graph = helper.make_graph(
+        builder.nodes, net.name or "caffe_net", builder.inputs,
+        [builder.value_info(names[v], shapes.blob(v), None) for v in targets],
+        initializer=builder.initializers)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="caffe-surgery",
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    return model
+
+
+def save_onnx(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write the model to ``path`` atomically (a temporary file, then a rename)."""
+    atomic_write(path, [model.SerializeToString()])

@@ -20,6 +20,7 @@ from .graph import TEST, BlobVersion, Layer, Net, layer_included
 from .io import read_net_text, read_weights
 from .model import _legacy_fits, weights_by_layer
 from .shapes import DataShapes, NetShapes, infer_shapes
+from .upgrade import upgrade_net
 
 
 def _line(source: str | None, layer: str | None, problem: str) -> str:
@@ -153,8 +154,6 @@ def check_files(prototxt: str | os.PathLike, weights: str | os.PathLike,
                 input_shapes: dict[str, tuple[int, ...]] | None = None, *, phase: int = TEST,
                 data_shapes: DataShapes | None = None) -> list[str]:
     """Read, upgrade, build and shape-check a prototxt/caffemodel pair; return every problem found."""
-    from .upgrade import upgrade_net
-
     net_source, weights_source = str(prototxt), str(weights)
     try:
         net_param = upgrade_net(read_net_text(prototxt))

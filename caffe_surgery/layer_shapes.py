@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import ceil, floor, prod
+from typing import NoReturn
 
 from . import caffe_pb2
 from .errors import ShapeError
@@ -65,7 +66,7 @@ def source(*types: str, tops: int | tuple[int, int | None] = (1, None)):
     return register
 
 
-def fail(problem: str) -> None:
+def fail(problem: str) -> NoReturn:
     """Raise a ShapeError; the caller fills in the layer and the file."""
     raise ShapeError(problem)
 
@@ -85,7 +86,12 @@ def _same_as_bottom(bottoms: list[Shape]) -> Rule:
 
 
 class SourceContext:
-    """Resolves a data layer's top shapes: ``input_shapes`` > prototxt > resolver."""
+    """Resolves a data layer's top shapes: ``input_shapes`` > prototxt > resolver.
+
+    The resolver (``data_shapes``) returns, for each top, the shape of ONE item
+    (e.g. C, H, W) as the data source holds it; the batch axis comes from the
+    layer's batch_size.
+    """
 
     def __init__(self, layer: Layer, overrides: dict[str, Shape],
                  resolver: Callable[[Layer], list[Shape]] | None):
@@ -94,18 +100,18 @@ class SourceContext:
         self.resolver = resolver
         self._resolved: list[Shape] | None = None
 
-    def top_shape(self, index: int, declared: Shape | None) -> Shape:
-        """Shape of top ``index``: the user's override, else ``declared``, else the resolver's."""
+    def top_shape(self, index: int, declared: Shape | None, batch: int | None = None) -> Shape:
+        """Shape of top ``index``: the user's override, else ``declared``, else (batch, *item from the resolver)."""
         name = self.layer.tops[index].name
         if name in self.overrides:
             return tuple(self.overrides[name])
         if declared is not None:
             return tuple(declared)
-        if self.resolver is not None:
+        if self.resolver is not None and batch is not None:
             if self._resolved is None:
                 self._resolved = [tuple(s) for s in self.resolver(self.layer)]
             if index < len(self._resolved):
-                return self._resolved[index]
+                return (batch,) + self._resolved[index]
         fail(f"cannot tell the shape of data blob '{name}' from the prototxt; "
              f"pass --input {name}=N,C,H,W")
 
@@ -128,13 +134,15 @@ def _input(layer: Layer, ctx: SourceContext) -> list[Shape]:
 @source("Data", "WindowData", tops=(1, 2))
 def _data(layer: Layer, ctx: SourceContext) -> list[Shape]:
     """C, H and W live in the database; only the user or the data module can tell them."""
-    return _labels(ctx, ctx.top_shape(0, None))
+    p = layer.param.data_param if layer.type == "Data" else layer.param.window_data_param
+    return _labels(ctx, ctx.top_shape(0, None, p.batch_size))
 
 
 @source("HDF5Data")
 def _hdf5_data(layer: Layer, ctx: SourceContext) -> list[Shape]:
     """Every top is a data set of the HDF5 files; their shapes are not in the prototxt."""
-    return [ctx.top_shape(i, None) for i in range(len(layer.tops))]
+    batch = layer.param.hdf5_data_param.batch_size
+    return [ctx.top_shape(i, None, batch) for i in range(len(layer.tops))]
 
 
 @source("ImageData", tops=(1, 2))
@@ -147,7 +155,7 @@ def _image_data(layer: Layer, ctx: SourceContext) -> list[Shape]:
         declared = (p.batch_size, channels, crop, crop)
     elif p.new_height and p.new_width:
         declared = (p.batch_size, channels, p.new_height, p.new_width)
-    return _labels(ctx, ctx.top_shape(0, declared))
+    return _labels(ctx, ctx.top_shape(0, declared, p.batch_size))
 
 
 @source("MemoryData", tops=2)

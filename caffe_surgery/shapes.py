@@ -124,13 +124,14 @@ def infer_shapes(net: Net, input_shapes: dict[str, tuple[int, ...]] | None = Non
                  errors: list[CaffeSurgeryError] | None = None) -> NetShapes:
     """Infer every blob and layer shape of ``net``.
 
-    ``input_shapes`` maps a data/input top blob name to its full shape (overriding
-    the prototxt); ``top_shapes`` maps a layer name to its top shapes (needed for
-    types without a rule, e.g. Python); ``data_shapes`` tells the top shapes of a
-    data layer whose prototxt does not (Data, HDF5Data, ...). Problems raise an
-    error naming the layer, unless ``errors`` is given: then each is appended
-    there and inference goes on with every layer that does not depend on a
-    failed one.
+    ``input_shapes`` maps a data/input top blob name to its full shape
+    (overriding the prototxt). ``top_shapes`` maps a layer name to its top
+    shapes (needed for types without a rule, e.g. Python). ``data_shapes(layer)``
+    tells, for a data layer whose prototxt does not (Data, HDF5Data, ...), the
+    shape of one item per top (e.g. C, H, W); the layer's batch_size is
+    prepended. Problems raise an error naming the layer, unless ``errors`` is
+    given: then each is appended there and inference goes on with every layer
+    that does not depend on a failed one.
     """
     overrides = {name: tuple(shape) for name, shape in (input_shapes or {}).items()}
     top_shapes = top_shapes or {}

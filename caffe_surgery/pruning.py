@@ -1,0 +1,106 @@
+"""The pruning pipeline: statistics -> scores -> plan -> surgery -> report.
+
+Each step is a function of its inputs so a user (or a test) can stop after
+any of them: ``relevance`` stops after the statistics, ``--dry-run`` after
+the plan.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .criteria import Criterion, get_criterion
+from .errors import CaffeSurgeryError
+from .graph import Net
+from .groups import Group, Groups, build_groups
+from .model import Model
+from .plan import Plan, resolve_plan
+from .selection import Budget, select
+from .shapes import NetShapes
+from .similarity import similarity_merges
+from .statistics import Statistics
+from .surgery import apply_plan
+
+
+def chosen_groups(groups: Groups, layers: list[str] | None) -> list[Group]:
+    """The prunable groups, or those of the named producer layers (errors for others)."""
+    if not layers:
+        return groups.prunable()
+    chosen = []
+    for name in layers:
+        group = groups.of_layer(name)
+        if group is None:
+            raise CaffeSurgeryError("not a Convolution/Deconvolution/InnerProduct layer of the net", layer=name)
+        if group.pinned:
+            raise CaffeSurgeryError(f"its channels cannot be pruned: {'; '.join(group.pinned)}", layer=name)
+        if group not in chosen:
+            chosen.append(group)
+    return chosen
+
+
+def statistics_plan(model: Model, groups: Groups, group_list: list[Group], criterion: Criterion) -> Statistics:
+    """The taps and accumulators a data-driven criterion needs."""
+    wins = criterion.name == "maxout-wins"
+    return Statistics.for_groups(model.net, groups, group_list, model.shapes, channels=not wins, maxout=wins)
+
+
+def gather(model: Model, stats: Statistics, groups: Groups, batches, runtime_options: dict) -> Statistics:
+    """Stream batches through onnxruntime with the statistics' taps and accumulate them."""
+    from .runtime import Runtime
+
+    runtime = Runtime(model.net, model.shapes, taps=list(stats.taps.values()), **runtime_options)
+    input_name = runtime.input_names[0]
+    for images, _labels in batches:
+        outputs = runtime.run({input_name: images})
+        stats.update(outputs, groups)
+    return stats
+
+
+def score(model: Model, groups: Groups, group_list: list[Group], criterion: Criterion,
+          stats: Statistics | None) -> dict[int, np.ndarray]:
+    """Scores per group id."""
+    return {g.id: criterion.score(model.net, groups, g, stats) for g in group_list}
+
+
+@dataclass
+class Pruned:
+    """The result of pruning: the smaller net, its shapes, the plan applied and the merges folded in."""
+
+    net: Net
+    shapes: NetShapes
+    plan: Plan
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_by_similarity(model: Model, groups: Groups, group_list: list[Group], budget: Budget) -> tuple[Plan, Net, list[str]]:
+    """Srinivas & Babu merges: a plan plus a copy of the net whose consumers absorbed the removed neurons."""
+    merged = copy.deepcopy(model.net)
+    keep, notes = {}, []
+    for group in group_list:
+        counts = select([group], {group.id: np.zeros(group.size)}, budget)[group.id].size
+        kept, new_weights, merges = similarity_merges(model.net, groups, group, counts)
+        for name, weight in new_weights.items():
+            merged.layer(name).blobs[0] = weight
+        keep[group.producers[0]] = kept.tolist()
+        if merges:
+            notes.append(f"{group.name}: merged {len(merges)} neurons, largest saliency {max(m.saliency for m in merges):.4g}")
+    return Plan(keep, about={"criterion": "similarity"}), merged, notes
+
+
+def make_plan(scores: dict[int, np.ndarray], groups: Groups, group_list: list[Group], budget: Budget,
+              about: dict) -> Plan:
+    """A plan keeping, per group, what the budget and scores select."""
+    kept = select(group_list, scores, budget)
+    return Plan({groups.groups[gid].producers[0]: k.tolist() for gid, k in kept.items()}, about=about)
+
+
+def prune(model: Model, plan: Plan, net: Net | None = None, source: str | None = None) -> Pruned:
+    """Apply a plan to the model (or to ``net``, a same-shaped copy with adjusted weights)."""
+    base = net or model.net
+    groups = build_groups(base, model.shapes)
+    keep = resolve_plan(plan, base, groups, source)
+    pruned_net, pruned_shapes = apply_plan(base, model.shapes, groups, keep)
+    return Pruned(pruned_net, pruned_shapes, plan)
+

@@ -1,0 +1,208 @@
+"""Running a Caffe net with onnxruntime: tapped blobs, a device, batching, streaming statistics.
+
+The net is exported in memory with a dynamic batch; results are keyed by blob
+key (``fc`` for a blob's first version, ``fc@relu`` for a rewrite), so a tap of
+an in-place version reads the value before the later layers rewrote it.
+Graph optimizations stay on: onnxruntime keeps every requested output intact.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import CaffeSurgeryError, ShapeError
+from .graph import Net
+from .onnx_export import BlobSpec, export_onnx, graph_outputs, tensor_names
+
+DEVICES = ("auto", "cpu", "cuda")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+Arrays = dict[str, np.ndarray]
+Batch = Mapping[str, np.ndarray] | np.ndarray
+
+
+def providers_for(device: str) -> list[str]:
+    """onnxruntime providers for ``device``: CUDA (with CPU fallback) when asked for and available."""
+    if device not in DEVICES:
+        raise CaffeSurgeryError(f"unknown device '{device}' (choose one of {', '.join(DEVICES)})")
+    has_cuda = CUDA in ort.get_available_providers()
+    if device == "cuda" and not has_cuda:
+        raise CaffeSurgeryError("device 'cuda' was requested but this onnxruntime has no CUDAExecutionProvider "
+                                "(install onnxruntime-gpu, or use device 'cpu')")
+    return [CUDA, CPU] if device != "cpu" and has_cuda else [CPU]
+
+
+class Runtime:
+    """An onnxruntime session computing a net's outputs plus tapped blob versions."""
+
+    def __init__(self, net: Net, shapes, *, taps: Iterable[BlobSpec] = (), device: str = "auto",
+                 threads: int | None = None, batch_size: int | None = None):
+        """``shapes`` as for ``export_onnx``; ``threads`` sets intra-op threads; ``batch_size`` caps the
+        samples per session call (bigger inputs are run in chunks)."""
+        taps = list(taps)
+        self.outputs = graph_outputs(net, taps)
+        model = export_onnx(net, shapes, dynamic_batch=True, taps=taps)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device))
+        names = tensor_names(net)
+        self._keys = {names[v]: v.key for v in self.outputs}
+        self._joins = {self._keys[o.name]: _join_rule(o.shape) for o in self.session.get_outputs()}
+        self.inputs = {i.name: tuple(i.shape) for i in self.session.get_inputs()}
+        self.batch_size = batch_size
+
+    @property
+    def keys(self) -> list[str]:
+        """Keys of the results of ``run``: the net's outputs, then the taps."""
+        return list(self._keys.values())
+
+    @property
+    def device(self) -> str:
+        """'cuda' when the session runs on CUDA, else 'cpu'."""
+        return "cuda" if CUDA in self.session.get_providers() else "cpu"
+
+    def run(self, inputs: Batch) -> Arrays:
+        """Outputs and taps for one batch, keyed by blob key; a single-input net also takes a bare array."""
+        return self._run_chunked(self._feeds(inputs))
+
+    def run_batches(self, batches: Iterable[Batch], callback: Callable[[Arrays, Batch], None]) -> int:
+        """Run every batch, handing ``callback(results, batch)`` each result; return the samples seen."""
+        seen = 0
+        for batch in batches:
+            feeds = self._feeds(batch)
+            callback(self._run_chunked(feeds), batch)
+            seen += _count(feeds)
+        return seen
+
+    def _run_chunked(self, feeds: Arrays) -> Arrays:
+        """One session call, or one per ``batch_size`` samples with the results joined along axis 0."""
+        count = _count(feeds)
+        step = self.batch_size or count
+        if count <= step:
+            return self._run(feeds)
+        mixed = [key for key, join in self._joins.items() if join == "mixed"]
+        if mixed:
+            raise CaffeSurgeryError(f"outputs {', '.join(mixed)} mix the samples of a batch; "
+                                    f"they cannot be computed in chunks of {step}")
+        chunks = [self._run({k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, count, step)]
+        return {key: chunks[0][key] if self._joins[key] == "constant" else np.concatenate([c[key] for c in chunks])
+                for key in chunks[0]}
+
+    def _run(self, feeds: Arrays) -> Arrays:
+        values = self.session.run(list(self._keys), feeds)
+        return {self._keys[name]: value for name, value in zip(self._keys, values)}
+
+    def _feeds(self, inputs: Batch) -> Arrays:
+        """Check names and per-sample shapes; return contiguous float32 arrays."""
+        if isinstance(inputs, np.ndarray):
+            if len(self.inputs) != 1:
+                raise CaffeSurgeryError(f"the net has inputs {', '.join(self.inputs)}; pass a dict of arrays")
+            inputs = {next(iter(self.inputs)): inputs}
+        missing = sorted(set(self.inputs) - set(inputs))
+        extra = sorted(set(inputs) - set(self.inputs))
+        if missing or extra:
+            raise CaffeSurgeryError(f"inputs must be exactly {', '.join(self.inputs)} "
+                                    f"(missing: {', '.join(missing) or '-'}; unknown: {', '.join(extra) or '-'})")
+        feeds = {}
+        for name, expected in self.inputs.items():
+            array = np.ascontiguousarray(inputs[name], dtype=np.float32)
+            if array.shape[1:] != expected[1:]:
+                raise ShapeError(f"input '{name}' has shape {array.shape}, the net expects (N, "
+                                 f"{', '.join(map(str, expected[1:]))})")
+            feeds[name] = array
+        return feeds
+
+
+def _join_rule(shape: list) -> str:
+    """How chunked results of an output join: 'concat' along the batch, 'constant' (a static dim 0, e.g.
+    PriorBox: every chunk gives the same) or 'mixed' (a 0-axis value over the whole batch)."""
+    if not shape:
+        return "mixed"
+    return "constant" if isinstance(shape[0], int) else "concat"
+
+
+class ChannelStats:
+    """Running per-channel statistics of one blob: values seen per channel, sum, sum of squares, zeros.
+
+    Channels are axis 1 (a 0- or 1-axis blob counts as one channel). Accumulators are
+    float64/int64, so batches can be added one at a time and partial results merged.
+    """
+
+    def __init__(self, channels: int):
+        self.channels = channels
+        self.count = 0
+        self.sum = np.zeros(channels)
+        self.sum_sq = np.zeros(channels)
+        self.zeros = np.zeros(channels, dtype=np.int64)
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> "ChannelStats":
+        """Statistics of one batch."""
+        return cls(_per_channel(values).shape[0]).update(values)
+
+    def update(self, values: np.ndarray) -> "ChannelStats":
+        """Add a batch of values (N, C, ...); return self."""
+        per_channel = _per_channel(values)
+        if per_channel.shape[0] != self.channels:
+            raise ShapeError(f"values have {per_channel.shape[0]} channels, the statistics {self.channels}")
+        self.count += per_channel.shape[1]
+        self.sum += per_channel.sum(axis=1, dtype=np.float64)
+        self.sum_sq += np.square(per_channel, dtype=np.float64).sum(axis=1)
+        self.zeros += np.count_nonzero(per_channel == 0, axis=1)
+        return self
+
+    def merge(self, other: "ChannelStats") -> "ChannelStats":
+        """Add another accumulator's values (e.g. from another worker); return self."""
+        if other.channels != self.channels:
+            raise ShapeError(f"cannot merge statistics of {other.channels} channels into {self.channels}")
+        self.count += other.count
+        self.sum += other.sum
+        self.sum_sq += other.sum_sq
+        self.zeros += other.zeros
+        return self
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / max(self.count, 1)
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Population variance per channel (E[x^2] - E[x]^2, clipped at 0)."""
+        return np.maximum(self.sum_sq / max(self.count, 1) - self.mean ** 2, 0.0)
+
+    @property
+    def zero_fraction(self) -> np.ndarray:
+        """Fraction of zeros per channel (APoZ after a ReLU)."""
+        return self.zeros / max(self.count, 1)
+
+
+def _count(feeds: Arrays) -> int:
+    """Samples in a batch of inputs."""
+    return len(next(iter(feeds.values())))
+
+
+def _per_channel(values: np.ndarray) -> np.ndarray:
+    """Values as a (C, everything else) matrix, channels being axis 1."""
+    values = np.asarray(values)
+    if values.ndim < 2:
+        return values.reshape(1, -1)
+    return np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)
+
+
+class StatsCollector:
+    """A ``run_batches`` callback accumulating ``ChannelStats`` for chosen result keys (default: all)."""
+
+    def __init__(self, keys: Iterable[str] | None = None):
+        self.keys = None if keys is None else list(keys)
+        self.stats: dict[str, ChannelStats] = {}
+
+    def __call__(self, results: Arrays, batch: Batch | None = None) -> None:
+        for key in self.keys if self.keys is not None else results:
+            if key in self.stats:
+                self.stats[key].update(results[key])
+            else:
+                self.stats[key] = ChannelStats.of(results[key])

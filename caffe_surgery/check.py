@@ -18,7 +18,7 @@ from .blobs import blob_shape, blob_to_array, is_legacy_shape
 from .errors import CaffeSurgeryError
 from .graph import TEST, BlobVersion, Layer, Net, layer_included
 from .io import read_net_text, read_weights
-from .model import _legacy_fits, weights_by_layer
+from .model import legacy_fits, weights_by_layer
 from .shapes import DataShapes, NetShapes, infer_shapes
 from .upgrade import upgrade_net
 
@@ -144,7 +144,7 @@ def _attach_stored(net: Net, shapes: NetShapes, stored: dict[str, list[caffe_pb2
                 problems.append(_line(source, layer.name, f"blob {index}: {exc.problem}"))
                 array = np.empty(blob_shape(blob), dtype=np.float32)
             if (index < len(expected) and array.shape != expected[index] and is_legacy_shape(blob)
-                    and _legacy_fits(array.shape, expected[index])):
+                    and legacy_fits(array.shape, expected[index])):
                 array = array.reshape(expected[index])
             arrays.append(array)
         layer.blobs = arrays

@@ -6,17 +6,31 @@ import json
 import logging
 import sys
 import traceback
+from pathlib import Path
 
 from . import caffe_pb2
+from .criteria import CRITERIA
 from .errors import CaffeSurgeryError
 
-EPILOGS = {
-    "info": "examples:\n  caffe-surgery info samples/lenet_maxout.prototxt -w samples/lenet_maxout.caffemodel\n"
-            "  caffe-surgery info train_val.prototxt --phase TRAIN --input data=64,3,32,32 --json",
-    "upgrade": "examples:\n  caffe-surgery upgrade old_deploy.prototxt new_deploy.prototxt\n"
-               "  caffe-surgery upgrade old.prototxt new.prototxt -w old.caffemodel -o new.caffemodel",
-    "check": "examples:\n  caffe-surgery check deploy.prototxt -w weights.caffemodel\n"
-             "  caffe-surgery check deploy.prototxt -w weights.caffemodel --input data=1,3,224,224",
+EXAMPLES = {
+    "info": ["caffe-surgery info samples/lenet_maxout.prototxt -w samples/lenet_maxout.caffemodel",
+             "caffe-surgery info train_val.prototxt --phase TRAIN --input data=64,3,32,32 --json",
+             "caffe-surgery info samples/lenet_maxout.prototxt --groups"],
+    "upgrade": ["caffe-surgery upgrade old_deploy.prototxt new_deploy.prototxt",
+                "caffe-surgery upgrade old.prototxt new.prototxt -w old.caffemodel -o new.caffemodel"],
+    "check": ["caffe-surgery check deploy.prototxt -w weights.caffemodel"],
+    "export": ["caffe-surgery export deploy.prototxt -w weights.caffemodel -o model.onnx --dynamic-batch"],
+    "eval": ["caffe-surgery eval lenet_test.prototxt -w lenet.caffemodel --top-k 1,5",
+             "caffe-surgery eval deploy.prototxt -w w.caffemodel --data idx:t10k-images.gz:t10k-labels.gz --limit 1000"],
+    "compare": ["caffe-surgery compare a.prototxt a.caffemodel b.prototxt b.caffemodel --limit 8",
+                "caffe-surgery compare a.prototxt a.caffemodel a.prototxt a.caffemodel --backend opencv"],
+    "convert-data": ["caffe-surgery convert-data idx:train-images.gz:train-labels.gz -o mnist_train_lmdb"],
+    "relevance": ["caffe-surgery relevance net.prototxt -w w.caffemodel --criterion maxout-wins --data lmdb:train_lmdb -o stats.npz",
+                  "caffe-surgery relevance net.prototxt -w w.caffemodel --criterion apoz --data lmdb:db --shard 0/4 -o part_0.npz",
+                  "caffe-surgery relevance merge part_*.npz -o stats.npz"],
+    "prune": ["caffe-surgery prune net.prototxt -w w.caffemodel --criterion weight-l1 --ratio 0.5 -o out/net_small",
+              "caffe-surgery prune net.prototxt -w w.caffemodel --plan plan.json -o out/net_small",
+              "caffe-surgery prune net.prototxt -w w.caffemodel --criterion maxout-wins --maxout-k 3 --data lmdb:db -o small"],
 }
 
 
@@ -39,20 +53,105 @@ def _phase(text: str) -> int:
         raise argparse.ArgumentTypeError(f"phase must be TRAIN or TEST, got '{text}'") from None
 
 
-def _add_net_arguments(parser: argparse.ArgumentParser, weights_required: bool = False) -> None:
+def _shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got '{text}'")
+    return int(index), int(count)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError("values must be positive")
+    return values
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"a ratio is in [0, 1), got {text}")
+    return value
+
+
+def _override(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected LAYER=RATIO, got '{text}'")
+    return name, _ratio(value)
+
+
+# -- shared arguments and loading ---------------------------------------------------
+
+def _net_arguments(parser, weights_required=False, data=False):
     parser.add_argument("prototxt", help="net definition (current, V1 or V0 format)")
     parser.add_argument("-w", "--weights", required=weights_required, help="caffemodel with the weights")
     parser.add_argument("--input", action="append", type=parse_input_shape, default=[], metavar="NAME=N,C,H,W",
                         help="shape of a data/input blob (repeatable); overrides the net's own")
     parser.add_argument("--phase", type=_phase, default=caffe_pb2.TEST, help="TRAIN or TEST (default TEST)")
+    if data:
+        _data_arguments(parser)
 
+
+def _data_arguments(parser):
+    parser.add_argument("--data", metavar="SPEC", help="lmdb:PATH, list:FILE[:ROOT], idx:IMAGES[:LABELS] or npy:PATH "
+                                                       "(default: the net's own Data/ImageData layer)")
+    parser.add_argument("--limit", type=int, help="use only the first N samples")
+    parser.add_argument("--batch-size", type=int, help="samples per run (default: the data layer's, else 64)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime device")
+    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+
+
+def _runtime_options(args) -> dict:
+    return {"device": args.device, "threads": args.threads}
+
+
+def _load(args, with_data: bool = False):
+    """The model, plus its data source when the verb reads data (--data, else the net's data layer)."""
+    from .dataflow import batch_size_for, input_layer, item_shapes, open_source
+    from .model import load_model, load_net
+
+    shapes = dict(args.input)
+    source = None
+    if with_data:
+        net = load_net(args.prototxt, phase=args.phase)
+        source = open_source(net, args.data)
+        if args.limit is not None:
+            source = source.head(args.limit)
+        top = input_layer(net).tops[0].name
+        shapes.setdefault(top, (batch_size_for(net, args.batch_size),) + tuple(source.shape))
+    model = load_model(args.prototxt, args.weights, phase=args.phase, input_shapes=shapes,
+                       data_shapes=item_shapes(args.prototxt))
+    if source is not None:
+        top = input_layer(model.net).tops[0]
+        if tuple(model.shapes.blob(top)[1:]) != tuple(source.shape):
+            raise CaffeSurgeryError(f"data samples are {tuple(source.shape)} but the net's '{top.name}' takes "
+                                    f"{tuple(model.shapes.blob(top)[1:])}", file=source.name)
+    return model, source
+
+
+def _batches(model, source, args, desc: str):
+    from .dataflow import batch_size_for, batches
+
+    return batches(source, batch_size_for(model.net, args.batch_size), desc)
+
+
+# -- verbs ------------------------------------------------------------------------------
 
 def cmd_info(args) -> int:
-    """Print the per-layer table (or JSON) of a net."""
-    from .model import layer_weights_nbytes, load_model
-    from .report import format_summary, net_summary
+    """Print the per-layer table (or JSON) of a net, or its channel groups."""
+    from .model import layer_weights_nbytes
+    from .report import format_groups, format_summary, groups_summary, net_summary
 
-    model = load_model(args.prototxt, args.weights, phase=args.phase, input_shapes=dict(args.input))
+    model, _ = _load(args)
+    if args.groups:
+        from .groups import build_groups
+        summary = groups_summary(build_groups(model.net, model.shapes))
+        print(json.dumps(summary, indent=2) if args.json else format_groups(summary))
+        return 0
     summary = net_summary(model.net, model.shapes, layer_weights_nbytes(model.net))
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
@@ -76,8 +175,10 @@ def cmd_upgrade(args) -> int:
 def cmd_check(args) -> int:
     """Validate a prototxt/caffemodel pair as strictly as Caffe's loader; list every problem."""
     from .check import check_files
+    from .dataflow import item_shapes
 
-    problems = check_files(args.prototxt, args.weights, input_shapes=dict(args.input), phase=args.phase)
+    problems = check_files(args.prototxt, args.weights, input_shapes=dict(args.input), phase=args.phase,
+                           data_shapes=item_shapes(args.prototxt))
     for problem in problems:
         print(problem)
     if not problems:
@@ -85,43 +186,352 @@ def cmd_check(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_export(args) -> int:
+    """Export to ONNX (checked with full_check and strict shape inference)."""
+    from .onnx_export import export_onnx, save_onnx
+
+    model, _ = _load(args)
+    onnx_model = export_onnx(model.net, model.shapes, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    save_onnx(onnx_model, args.output)
+    print(f"wrote {args.output}: inputs {', '.join(i.name for i in onnx_model.graph.input)}; "
+          f"outputs {', '.join(o.name for o in onnx_model.graph.output)}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Top-k accuracy (and loss) on data."""
+    from .evaluate import evaluate
+
+    model, source = _load(args, with_data=True)
+    result = evaluate(model.net, model.shapes, _batches(model, source, args, "eval"), args.top_k,
+                      _runtime_options(args))
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0
+    figures = ", ".join(f"top-{k} {result.accuracy(k):.4f}" for k in args.top_k)
+    loss = f", loss {result.loss:.4f}" if result.loss is not None else ""
+    print(f"{result.samples} samples: {figures}{loss} ({result.images_per_second:.1f} img/s)")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """Run two nets on the same inputs and list, blob by blob, how far B is from A."""
+    import numpy as np
+
+    from .compare import compare, run_onnxruntime, run_opencv, shared_blobs
+    from .dataflow import input_layer, open_source
+    from .model import load_model
+    from .report import format_differences
+
+    model_a = load_model(args.a_prototxt, args.a_weights, input_shapes=dict(args.input))
+    model_b = load_model(args.b_prototxt, args.b_weights, input_shapes=dict(args.input))
+    names = shared_blobs(model_a.net, model_b.net)
+    top = input_layer(model_a.net).tops[0]
+    count = args.limit or 1
+    if args.data:
+        images, _ = next(iter(open_source(model_a.net, args.data).head(count).iter_batches(count)))
+    else:
+        images = np.random.default_rng(0).standard_normal((count,) + tuple(model_a.shapes.blob(top)[1:])).astype(np.float32)
+    options = {"device": args.device, "threads": args.threads}
+    values_a = run_onnxruntime(model_a.net, model_a.shapes, names, images, options)
+    if args.backend == "opencv":
+        values_b = run_opencv(model_b.net, args.b_prototxt, args.b_weights, names, images)
+    else:
+        values_b = run_onnxruntime(model_b.net, model_b.shapes, names, images, options)
+    print(format_differences(compare(values_a, values_b, names)))
+    return 0
+
+
+def cmd_convert_data(args) -> int:
+    """Write a Caffe LMDB of Datum records from any data spec."""
+    from .data import convert_data
+
+    count = convert_data(args.spec, args.output, limit=args.limit, overwrite=args.force)
+    print(f"wrote {count} records to {args.output}")
+    return 0
+
+
+def _statistics_pass(args, model, source, criterion, group_list, groups):
+    from .dataflow import select_samples
+    from .pruning import gather, statistics_plan
+
+    stats = statistics_plan(model, groups, group_list, criterion)
+    source = select_samples(source, shard=args.shard)
+    return gather(model, stats, groups, _batches(model, source, args, f"relevance ({criterion.name})"),
+                  _runtime_options(args))
+
+
+def cmd_relevance(args) -> int:
+    """Gather a data-driven criterion's statistics (optionally one shard) into an .npz."""
+    from .criteria import get_criterion
+    from .groups import build_groups
+    from .pruning import chosen_groups
+
+    criterion = get_criterion(args.criterion)
+    if not criterion.needs_data:
+        raise CaffeSurgeryError(f"criterion '{criterion.name}' needs no data; use it directly with prune")
+    model, source = _load(args, with_data=True)
+    groups = build_groups(model.net, model.shapes)
+    group_list = chosen_groups(groups, args.layers)
+    stats = _statistics_pass(args, model, source, criterion, group_list, groups)
+    about = {"criterion": criterion.name, "layers": ",".join(g.name for g in group_list),
+             "shard": f"{args.shard[0]}/{args.shard[1]}" if args.shard else "0/1"}
+    stats.save(args.output, about)
+    print(f"wrote {args.output}: {stats.samples} samples, {len(group_list)} groups")
+    return 0
+
+
+def cmd_relevance_merge(args) -> int:
+    """Add the statistics of shards into one file."""
+    from .statistics import merge_files, save_arrays
+
+    merged = merge_files(args.parts)
+    save_arrays(args.output, merged)
+    print(f"wrote {args.output}: {int(merged['samples'])} samples from {len(args.parts)} files")
+    return 0
+
+
+def _validation(model, source, args):
+    """An evaluator of top-1 accuracy on the (limited) data, batches decoded once and reused."""
+    from .evaluate import evaluate
+
+    held = list(_batches(model, source, args, "validation data"))
+
+    def accuracy(net, shapes) -> float:
+        return evaluate(net, shapes, held, (1,), _runtime_options(args)).accuracy(1)
+
+    return accuracy
+
+
+def _budget(args):
+    from .selection import Budget
+
+    if args.criterion and args.ratio is None and args.keep is None and args.maxout_k is None and args.tolerance is None:
+        raise CaffeSurgeryError("say how much to remove: --ratio, --keep, --maxout-k or --tolerance")
+    return Budget(ratio=args.ratio, keep=args.keep, min_keep=args.min_keep, round_to=args.round_to,
+                  overrides=dict(args.layer_ratio), global_ranking=args.global_ranking, maxout_k=args.maxout_k,
+                  maxout_units=args.maxout_units)
+
+
+def _plan(args, model, source, groups, group_list):
+    """The plan to apply, the net to apply it to (weights may be adjusted) and notes for the report."""
+    from .criteria import get_criterion
+    from .plan import Plan
+    from .pruning import (make_plan, plan_by_similarity, random_masks_plan, score, statistics_plan,
+                          tolerance_plan)
+
+    if args.plan:
+        return Plan.load(args.plan), model.net, [], None
+    budget = _budget(args)
+    about = {"criterion": args.criterion}
+    if args.criterion == "similarity":
+        plan, net, notes = plan_by_similarity(model, groups, group_list, budget)
+        return plan, net, notes, None
+    if args.criterion == "random-masks":
+        plan, _ = random_masks_plan(model, groups, group_list, budget, _validation(model, source, args),
+                                    args.masks, args.seed)
+        return plan, model.net, [f"random-masks: best of {args.masks} masks"], None
+    criterion = get_criterion(args.criterion)
+    stats = None
+    if criterion.needs_data:
+        stats = statistics_plan(model, groups, group_list, criterion)
+        if args.stats:
+            import numpy as np
+            with np.load(args.stats) as arrays:
+                stats.load_arrays(arrays, args.stats)
+        else:
+            stats = _statistics_pass(args, model, source, criterion, group_list, groups)
+    scores = score(model, groups, group_list, criterion, stats)
+    if args.tolerance is not None:
+        plan, _ = tolerance_plan(model, groups, group_list, scores, budget, _validation(model, source, args),
+                                 args.tolerance, about=about)
+        return plan, model.net, [], stats
+    return make_plan(scores, groups, group_list, budget, {**about, "ratio": args.ratio}), model.net, [], stats
+
+
+def cmd_prune(args) -> int:
+    """Prune by plan, by criterion and ratio, or to an accuracy tolerance; write the smaller pair."""
+    from .check import check_files
+    from .criteria import get_criterion
+    from .groups import build_groups
+    from .io import atomic_write
+    from .plan import resolve_plan
+    from .pruning import chosen_groups, compensate
+    from .report import format_prune_report, prune_report
+    from .save import save_caffemodel, save_prototxt
+    from .surgery import apply_plan
+
+    criterion = get_criterion(args.criterion) if args.criterion else None
+    needs_data = bool(args.data) or args.tolerance is not None or (
+        criterion is not None and criterion.needs_data and not (args.stats and criterion.score is not None))
+    model, source = _load(args, with_data=needs_data)
+    groups = build_groups(model.net, model.shapes)
+    protected = set(args.protect)
+    group_list = [g for g in chosen_groups(groups, args.layers) if not protected & set(g.producers)]
+    plan, net, notes, stats = _plan(args, model, source, groups, group_list)
+    keep = resolve_plan(plan, net, groups, args.plan)
+    if protected & {p for gid in keep for p in groups.groups[gid].producers}:
+        raise CaffeSurgeryError(f"the plan prunes protected layers: {', '.join(sorted(protected))}", file=args.plan)
+    if args.compensate:
+        if stats is None:
+            raise CaffeSurgeryError("--compensate needs activation statistics: use a data-driven criterion")
+        net, compensation = compensate(net, model.shapes, groups, keep, stats)
+        notes += compensation
+    pruned_net, pruned_shapes = apply_plan(net, model.shapes, groups, keep)
+    report = prune_report(model.shapes, pruned_shapes, model.net, pruned_net)
+    report["notes"] = notes
+    if args.dry_run:
+        print(plan.to_json())
+        print(format_prune_report(report))
+        return 0
+    prefix = Path(args.output)
+    if source is not None:
+        evaluate_accuracy = _validation(model, source, args)
+        report["accuracy"] = {"before": evaluate_accuracy(model.net, model.shapes),
+                              "after": evaluate_accuracy(pruned_net, pruned_shapes), "samples": len(source)}
+    outputs = {kind: Path(f"{prefix}.{kind}") for kind in ("prototxt", "caffemodel", "plan.json", "report.json")}
+    save_prototxt(pruned_net, outputs["prototxt"])
+    save_caffemodel(pruned_net, outputs["caffemodel"])
+    problems = check_files(outputs["prototxt"], outputs["caffemodel"],
+                           input_shapes={t.name: tuple(pruned_shapes.blob(t)) for l in pruned_net.layers
+                                         if not l.bottoms for t in l.tops})
+    if problems:
+        for path in (outputs["prototxt"], outputs["caffemodel"]):
+            path.unlink()
+        raise CaffeSurgeryError("internal error: the pruned pair fails check: " + "; ".join(problems))
+    report["files"] = {"caffemodel": [Path(args.weights).stat().st_size, outputs["caffemodel"].stat().st_size]}
+    plan.save(outputs["plan.json"])
+    atomic_write(outputs["report.json"], [json.dumps(report, indent=1).encode("utf-8")])
+    print(format_prune_report(report))
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {', '.join(str(p) for p in outputs.values())}")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+def _verb(verbs, name, help_text, run):
+    epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES.get(name, []))
+    parser = verbs.add_parser(name, help=help_text, description=help_text, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=run)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every verb."""
     parser = argparse.ArgumentParser(prog="caffe-surgery", description="Inspect, export and prune legacy Caffe models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    formatter = argparse.RawDescriptionHelpFormatter
 
-    info = verbs.add_parser("info", help="per-layer table: shapes, parameters, MACs",
-                            epilog=EPILOGS["info"], formatter_class=formatter)
-    _add_net_arguments(info)
+    info = _verb(verbs, "info", "per-layer table: shapes, parameters, MACs (or the channel groups)", cmd_info)
+    _net_arguments(info)
     info.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-    info.set_defaults(run=cmd_info)
+    info.add_argument("--groups", action="store_true", help="list the channel groups, members and pinned reasons")
 
-    upgrade = verbs.add_parser("upgrade", help="convert V0/V1 prototxt/caffemodel to the current format",
-                               epilog=EPILOGS["upgrade"], formatter_class=formatter)
+    upgrade = _verb(verbs, "upgrade", "convert a V0/V1 prototxt (and caffemodel) to the current format", cmd_upgrade)
     upgrade.add_argument("input_prototxt")
     upgrade.add_argument("output_prototxt")
     upgrade.add_argument("-w", "--weights", help="caffemodel to upgrade too")
     upgrade.add_argument("-o", "--output-weights", help="where to write the upgraded caffemodel (float32 blobs)")
-    upgrade.set_defaults(run=cmd_upgrade)
 
-    check = verbs.add_parser("check", help="validate a pair as strictly as Caffe's own loader",
-                             epilog=EPILOGS["check"], formatter_class=formatter)
-    _add_net_arguments(check, weights_required=True)
-    check.set_defaults(run=cmd_check)
+    check = _verb(verbs, "check", "validate a pair as strictly as Caffe's own loader", cmd_check)
+    _net_arguments(check, weights_required=True)
+
+    export = _verb(verbs, "export", "export to ONNX with Caffe's blob names", cmd_export)
+    _net_arguments(export, weights_required=True)
+    export.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    export.add_argument("--dynamic-batch", action="store_true", help="make the batch axis symbolic")
+
+    evaluate = _verb(verbs, "eval", "top-k accuracy and loss on data", cmd_eval)
+    _net_arguments(evaluate, weights_required=True, data=True)
+    evaluate.add_argument("--top-k", type=_int_list, default=[1], help="e.g. 1,5 (default 1)")
+    evaluate.add_argument("--json", action="store_true")
+
+    compare = _verb(verbs, "compare", "run two nets on the same inputs and compare every shared blob", cmd_compare)
+    for name in ("a_prototxt", "a_weights", "b_prototxt", "b_weights"):
+        compare.add_argument(name)
+    compare.add_argument("--input", action="append", type=parse_input_shape, default=[], metavar="NAME=N,C,H,W")
+    compare.add_argument("--data", metavar="SPEC", help="inputs from data (default: seeded random inputs)")
+    compare.add_argument("--limit", type=int, help="samples to compare (default 1)")
+    compare.add_argument("--backend", choices=("onnxruntime", "opencv"), default="onnxruntime",
+                         help="what runs net B (A always runs in onnxruntime)")
+    compare.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    compare.add_argument("--threads", type=int)
+
+    convert = _verb(verbs, "convert-data", "write a Caffe LMDB of Datum records (keys %%08d)", cmd_convert_data)
+    convert.add_argument("spec", help="idx:IMAGES:LABELS, list:FILE[:ROOT], npy:PATH or lmdb:PATH")
+    convert.add_argument("-o", "--output", required=True, help="the LMDB folder to create")
+    convert.add_argument("--limit", type=int, help="convert only the first N samples")
+    convert.add_argument("--force", action="store_true", help="replace an existing output")
+
+    relevance = _verb(verbs, "relevance", "gather relevance statistics on data (or: relevance merge PARTS -o OUT)",
+                      cmd_relevance)
+    _net_arguments(relevance, data=True)
+    relevance.add_argument("--criterion", required=True, help="a data-driven criterion (see prune --help)")
+    relevance.add_argument("--layers", type=lambda t: t.split(","), help="only these producer layers (comma-separated)")
+    relevance.add_argument("--shard", type=_shard, metavar="I/N", help="gather shard I of N (merge the parts later)")
+    relevance.add_argument("-o", "--output", required=True, help="the .npz to write")
+
+    prune = _verb(verbs, "prune", "remove channels/neurons and write a smaller prototxt/caffemodel pair", cmd_prune)
+    prune.epilog += "\n\ncriteria:\n" + "\n".join(f"  {c.name:16} {c.summary}" for c in sorted(CRITERIA.values(), key=lambda c: c.name))
+    _net_arguments(prune, weights_required=True, data=True)
+    how = prune.add_mutually_exclusive_group(required=True)
+    how.add_argument("--plan", help="apply this plan JSON")
+    how.add_argument("--criterion", help="rank by this criterion (see the list below)")
+    prune.add_argument("--ratio", type=_ratio, help="fraction to remove per group (or globally with --global)")
+    prune.add_argument("--keep", type=int, help="channels to keep per group")
+    prune.add_argument("--global", dest="global_ranking", action="store_true",
+                       help="one threshold over scores normalised per layer")
+    prune.add_argument("--min-keep", type=int, default=1, help="never keep fewer channels per group (default 1)")
+    prune.add_argument("--round-to", type=int, default=1, help="round kept counts up to a multiple (e.g. 8)")
+    prune.add_argument("--layer-ratio", action="append", type=_override, default=[], metavar="LAYER=RATIO",
+                       help="a different ratio for one producer layer (repeatable)")
+    prune.add_argument("--layers", type=lambda t: t.split(","), help="only prune these producer layers")
+    prune.add_argument("--protect", type=lambda t: t.split(","), default=[], help="never prune these layers")
+    prune.add_argument("--maxout-k", type=int, help="maxout: neurons kept per unit")
+    prune.add_argument("--maxout-units", action="store_true", help="maxout: drop whole units instead of neurons")
+    prune.add_argument("--tolerance", type=float, metavar="T",
+                       help="prune progressively until top-1 accuracy drops by more than T percentage points")
+    prune.add_argument("--stats", help="statistics .npz from 'relevance' (instead of a data pass)")
+    prune.add_argument("--masks", type=int, default=100, help="random-masks: candidate masks to evaluate")
+    prune.add_argument("--seed", type=int, default=0, help="random-masks: random seed")
+    prune.add_argument("--compensate", action="store_true",
+                       help="fold removed channels' mean activation into the consumers' bias")
+    prune.add_argument("--dry-run", action="store_true", help="print the plan and projected sizes; write nothing")
+    prune.add_argument("-o", "--output", required=True, help="output prefix: writes PREFIX.prototxt/.caffemodel/"
+                                                              ".report.json/.plan.json")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 1 on bad input (one line on stderr), 2 on usage errors."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["relevance", "merge"]:
+        return _main_merge(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    return _run(args.run, args, args.debug)
+
+
+def _main_merge(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="caffe-surgery relevance merge",
+                                     description="add the statistics of shards into one file")
+    parser.add_argument("parts", nargs="+", help="the part_*.npz files")
+    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    return _run(cmd_relevance_merge, args, args.debug)
+
+
+def _run(command, args, debug: bool) -> int:
     try:
-        return args.run(args)
+        return command(args)
     except CaffeSurgeryError as exc:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return 1

@@ -20,15 +20,24 @@ from .statistics import Statistics
 
 @dataclass(frozen=True)
 class Criterion:
-    """A named scorer: ``score(net, groups, group, stats) -> scores``."""
+    """A named scorer: ``score(net, groups, group, stats) -> scores``.
+
+    ``score`` is None for the methods that choose what to remove themselves
+    (similarity merges, random masks); the pruning pipeline runs those.
+    """
 
     name: str
     needs_data: bool
-    score: Callable[[Net, Groups, Group, Statistics | None], np.ndarray]
+    score: Callable[[Net, Groups, Group, Statistics | None], np.ndarray] | None
     summary: str
 
 
-CRITERIA: dict[str, Criterion] = {}
+CRITERIA: dict[str, Criterion] = {
+    "similarity": Criterion("similarity", False, None, "merge similar InnerProduct neurons (Srinivas & Babu 2015), "
+                            "no data; see similarity.py"),
+    "random-masks": Criterion("random-masks", True, None, "best of N random feature-map masks on validation data "
+                              "(Anwar & Sung 2016)"),
+}
 
 
 def criterion(name: str, needs_data: bool, summary: str):

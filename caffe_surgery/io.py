@@ -79,6 +79,9 @@ def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp_name, 0o666 & ~umask)
     try:
         with os.fdopen(handle, "wb") as out:
             for chunk in chunks:

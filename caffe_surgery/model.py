@@ -18,7 +18,7 @@ from .blobs import blob_to_array, is_legacy_shape
 from .errors import CaffeSurgeryError, ShapeError
 from .graph import TEST, Net, build_net
 from .io import read_net_text, read_weights
-from .shapes import NetShapes, infer_shapes
+from .shapes import DataShapes, NetShapes, infer_shapes
 from .upgrade import upgrade_net
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class Model:
     warnings: list[str] = field(default_factory=list)
 
 
-def _legacy_fits(stored: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+def legacy_fits(stored: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     """Caffe's legacy rule: 4-D num/channels/height/width equal the expected shape padded with 1s."""
     if len(expected) > 4:
         return False
@@ -70,7 +70,7 @@ def attach_weights(net: Net, shapes: NetShapes, stored: dict[str, list[caffe_pb2
             except CaffeSurgeryError as exc:
                 raise ShapeError(f"blob {index}: {exc.problem}", file=source, layer=layer.name) from exc
             if expected is not None and array.shape != tuple(expected[index]):
-                if not (is_legacy_shape(blob) and _legacy_fits(array.shape, expected[index])):
+                if not (is_legacy_shape(blob) and legacy_fits(array.shape, expected[index])):
                     raise ShapeError(f"blob {index} has shape {array.shape}, the layer expects {tuple(expected[index])}",
                                      file=source, layer=layer.name)
                 array = array.reshape(expected[index])
@@ -93,11 +93,14 @@ def load_net(prototxt: str | os.PathLike, phase: int = TEST, stages: tuple[str, 
 
 def load_model(prototxt: str | os.PathLike, weights: str | os.PathLike | None = None, *,
                phase: int = TEST, input_shapes: dict[str, tuple[int, ...]] | None = None,
-               stages: tuple[str, ...] = ()) -> Model:
-    """Load a prototxt and optionally its caffemodel into a checked ``Model``."""
+               stages: tuple[str, ...] = (), data_shapes: DataShapes | None = None) -> Model:
+    """Load a prototxt and optionally its caffemodel into a checked ``Model``.
+
+    ``data_shapes`` tells the item shape behind a Data layer (see ``shapes``).
+    """
     net = load_net(prototxt, phase=phase, stages=stages)
     try:
-        shapes = infer_shapes(net, input_shapes)
+        shapes = infer_shapes(net, input_shapes, data_shapes=data_shapes)
     except CaffeSurgeryError as exc:
         raise exc.with_file(str(prototxt))
     warnings = []

@@ -41,9 +41,14 @@ def tensor_names(net: Net) -> dict[BlobVersion, str]:
 
 
 def default_outputs(net: Net) -> list[BlobVersion]:
-    """Final blob versions that no deploy layer reads: the outputs of the net without its training-only layers."""
+    """The deploy outputs: final blob versions of deploy layers that no deploy layer reads.
+
+    What only a loss or Accuracy reads is a prediction, so it is an output; what a Silence
+    layer reads was meant to be thrown away, so it is not.
+    """
     kept = [layer for layer in net.layers if not is_dropped(layer.type)]
-    read = {bottom for layer in kept for bottom in layer.bottoms}
+    read = {bottom for layer in net.layers if layer.type == "Silence" or not is_dropped(layer.type)
+            for bottom in layer.bottoms}
     return [top for layer in kept if layer.type not in DATA_TYPES for top in layer.tops
             if top == net.final(top.name) and top not in read]
 

@@ -58,3 +58,93 @@ def format_summary(summary: dict) -> str:
     totals = summary["totals"]
     return (f"{table}\n\nnet '{summary['name']}': {totals['layers']} layers, {totals['params']:,} parameters, "
             f"{totals['macs']:,} MACs, {totals['weight_bytes']:,} weight bytes")
+
+
+def groups_summary(groups) -> dict:
+    """The ``info --groups`` document."""
+    entries = []
+    for group in groups.groups:
+        if not group.producers:
+            continue
+        entry = {"id": group.id, "name": group.name, "size": group.size, "producers": group.producers,
+                 "prunable": group.prunable, "pinned": group.pinned,
+                 "members": [{"layer": m.layer, "role": m.role} for m in group.members]}
+        if group.chunks > 1:
+            entry["even_per"] = group.chunks
+        if group.maxout is not None:
+            entry["maxout"] = {"form": group.maxout.form, "units": group.maxout.units, "k": group.maxout.k,
+                               "layers": group.maxout.layers, "branches": group.maxout.branches}
+        entries.append(entry)
+    return {"groups": entries, "prunable": sum(e["prunable"] for e in entries)}
+
+
+def format_groups(summary: dict) -> str:
+    """The ``info --groups`` table: one line per group, then its members or why it is pinned."""
+    lines = []
+    for entry in summary["groups"]:
+        maxout = entry.get("maxout")
+        kind = (f"maxout {maxout['form']}: {maxout['units']} units x k={maxout['k']}" if maxout
+                else f"{entry['size']} channels")
+        state = "prunable" if entry["prunable"] else "pinned"
+        lines.append(f"group {entry['id']} '{entry['name']}' ({kind}) {state}"
+                     + (f", kept even over {entry['even_per']} groups" if "even_per" in entry else ""))
+        lines.append(f"    producers: {', '.join(entry['producers'])}")
+        members = sorted({f"{m['layer']} ({m['role']})" for m in entry["members"]} - {f"{p} (out)" for p in entry["producers"]})
+        if members:
+            lines.append(f"    members: {', '.join(members)}")
+        for reason in entry["pinned"]:
+            lines.append(f"    pinned: {reason}")
+    lines.append(f"\n{summary['prunable']} of {len(summary['groups'])} groups can be pruned")
+    return "\n".join(lines)
+
+
+def format_differences(differences) -> str:
+    """The ``compare`` table, with the first divergence marked."""
+    rows, marked = [], False
+    for d in differences:
+        flag = ""
+        if d.diverges and not marked:
+            flag, marked = "<- first divergence", True
+        if d.max_abs is None:
+            rows.append((d.name, format_shape(d.shape_a), format_shape(d.shape_b), "-", "-", "-", flag or "shapes differ"))
+        else:
+            rows.append((d.name, format_shape(d.shape_a), format_shape(d.shape_b), f"{d.max_abs:.3g}",
+                         f"{d.relative:.3g}", f"{d.cosine:.6f}", flag))
+    return format_table(("blob", "shape A", "shape B", "max |A-B|", "relative", "cosine", ""), rows)
+
+
+def prune_report(before: NetShapes, after: NetShapes, net_before: Net, net_after: Net) -> dict:
+    """Per layer params/MACs before -> after, and totals."""
+    layers = []
+    for layer in net_before.layers:
+        old = before.layer(layer.name)
+        new = after.layer(layer.name) if net_after.has_layer(layer.name) else None
+        layers.append({"name": layer.name, "type": layer.type,
+                       "params": [old.params, new.params if new else 0], "macs": [old.macs, new.macs if new else 0],
+                       "top_shapes": [[list(s) for s in old.top_shapes], [list(s) for s in new.top_shapes] if new else []]})
+    (params_before, macs_before), (params_after, macs_after) = before.totals(), after.totals()
+    return {"layers": layers, "totals": {"params": [params_before, params_after], "macs": [macs_before, macs_after]}}
+
+
+def format_prune_report(report: dict) -> str:
+    """The human-readable prune table."""
+    rows = []
+    for entry in report["layers"]:
+        (p0, p1), (m0, m1) = entry["params"], entry["macs"]
+        if p0 != p1 or m0 != m1:
+            rows.append((entry["name"], entry["type"], f"{p0:,} -> {p1:,}", f"{m0:,} -> {m1:,}"))
+    table = format_table(("layer", "type", "params", "MACs"), rows)
+    totals = report["totals"]
+    (p0, p1), (m0, m1) = totals["params"], totals["macs"]
+    lines = [table, "", f"parameters {p0:,} -> {p1:,} ({_percent(p1, p0)}), MACs {m0:,} -> {m1:,} ({_percent(m1, m0)})"]
+    if "files" in report:
+        files = report["files"]
+        lines.append(f"caffemodel {files['caffemodel'][0]:,} -> {files['caffemodel'][1]:,} bytes")
+    if "accuracy" in report:
+        acc = report["accuracy"]
+        lines.append(f"top-1 accuracy {acc['before']:.4f} -> {acc['after']:.4f} on {acc['samples']} samples")
+    return "\n".join(lines)
+
+
+def _percent(new: int, old: int) -> str:
+    return f"{100.0 * (new - old) / old:+.1f}%" if old else "n/a"

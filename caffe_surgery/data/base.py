@@ -47,6 +47,12 @@ class Source:
         view._hi = self._lo + total * (index + 1) // count
         return view
 
+    def head(self, count: int) -> "Source":
+        """Return a view over the first ``count`` samples of this view."""
+        view = copy.copy(self)
+        view._hi = min(self._hi, self._lo + max(count, 0))
+        return view
+
     def iter_raw(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """Yield untransformed batches over samples ``[start, stop)`` of this view (slice rules)."""
         if batch_size < 1:

@@ -2,13 +2,9 @@
 import numpy as np
 
 from ..caffe_pb2 import EltwiseParameter
-from .context import LayerContext, canonical_axis
+from ..layer_shapes import canonical_axis
+from .context import LayerContext
 from .registry import converter
-
-
-def _operand_axis(ctx: LayerContext, axis: int, operand_ndim: int) -> int:
-    """Where a Scale/Bias operand starts in bottom 0 (Caffe uses axis 0 for a scalar operand)."""
-    return 0 if operand_ndim == 0 else canonical_axis(axis, len(ctx.bottom_shape()))
 
 
 def _learned(ctx: LayerContext, blob: np.ndarray, axis: int, num_axes: int) -> np.ndarray:
@@ -20,9 +16,10 @@ def _learned(ctx: LayerContext, blob: np.ndarray, axis: int, num_axes: int) -> n
 
 
 def _second_bottom(ctx: LayerContext, axis: int) -> str:
-    """Bottom 1 as a Scale/Bias operand, with trailing 1-dims so it broadcasts against bottom 0."""
+    """Bottom 1 as a Scale/Bias operand, with trailing 1-dims so it broadcasts against bottom 0
+    (a 0-axis operand is a scalar wherever ``axis`` points)."""
     operand_shape = ctx.bottom_shape(1)
-    start = _operand_axis(ctx, axis, len(operand_shape))
+    start = canonical_axis(axis, len(ctx.bottom_shape())) if operand_shape else 0
     trailing = len(ctx.bottom_shape()) - start - len(operand_shape)
     if trailing == 0:
         return ctx.bottom(1)
@@ -71,8 +68,9 @@ def eltwise(ctx: LayerContext) -> None:
         ctx.node("Max", inputs, ctx.top())
     elif p.operation == EltwiseParameter.PROD:
         product = inputs[0]
-        for index, x in enumerate(inputs[1:], start=1):
-            product = ctx.node("Mul", [product, x], ctx.top() if index == len(inputs) - 1 else None)
+        for x in inputs[1:-1]:
+            product = ctx.node("Mul", [product, x])
+        ctx.node("Mul", [product, inputs[-1]], ctx.top())
     else:
         coeffs = list(p.coeff) or [1.0] * len(inputs)
         if len(coeffs) != len(inputs):

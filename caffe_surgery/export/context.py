@@ -9,7 +9,6 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import ShapeError, UnsupportedLayerError
 from ..graph import BlobVersion, Layer
 
-
 BATCH = "N"
 """The symbolic name of dim 0 of the graph inputs when the batch is dynamic."""
 
@@ -63,14 +62,6 @@ class LayerContext:
         self.builder = builder
         self.layer = layer
         self.param = layer.param
-
-    @property
-    def opset(self) -> int:
-        return self.builder.opset
-
-    @property
-    def dynamic_batch(self) -> bool:
-        return self.builder.dynamic_batch
 
     # --- tensors of the layer -------------------------------------------------------------
     def bottom(self, index: int = 0) -> str:
@@ -130,13 +121,13 @@ class LayerContext:
         ``keeps_batch`` says whether output dim 0 is the input's dim 0 (the batch).
         """
         target = [int(d) for d in shape]
-        if self.dynamic_batch and target:
+        if self.builder.dynamic_batch and target:
             target[0] = 0 if keeps_batch else -1
         return self.node("Reshape", [x, self.ints(target, "shape")], out)
 
     def reduce(self, op: str, x: str, axes: Sequence[int], keepdims: bool, out: str | None = None) -> str:
         """A Reduce* node, passing axes as an input where the opset wants it (ReduceSum >= 13, others >= 18)."""
-        if op == "ReduceSum" or self.opset >= 18:
+        if op == "ReduceSum" or self.builder.opset >= 18:
             return self.node(op, [x, self.ints(axes, "axes")], out, keepdims=int(keepdims))
         return self.node(op, [x], out, axes=list(axes), keepdims=int(keepdims))
 
@@ -163,9 +154,4 @@ def channel_broadcast(values: np.ndarray, ndim: int, axis: int = 1) -> np.ndarra
     """Reshape per-channel values so they broadcast against an ``ndim`` tensor along ``axis``."""
     values = np.asarray(values, dtype=np.float32)
     return values.reshape(values.shape + (1,) * (ndim - axis - values.ndim))
-
-
-def canonical_axis(axis: int, ndim: int) -> int:
-    """Caffe's CanonicalAxisIndex: negative axes count from the end."""
-    return axis + ndim if axis < 0 else axis
 

@@ -2,22 +2,17 @@
 import numpy as np
 from onnx import TensorProto
 
-from .context import LayerContext, canonical_axis
+from ..layer_shapes import canonical_axis
+from .context import LayerContext
 from .registry import converter
 
 
-def _spatial(values, h: int, w: int, has_hw: bool, n: int, default: int) -> list[int]:
-    """A Caffe per-axis setting: the _h/_w pair, one value for all axes, one per axis, or the default."""
-    if has_hw:
-        return [h, w]
-    values = list(values)
-    if not values:
-        return [default] * n
+def _spatial(param, field: str, hw: str | None, n: int, default: int) -> list[int]:
+    """A per-axis convolution setting: the ``hw``_h/_w pair, one value for all axes, one per axis, or the default."""
+    if hw and (param.HasField(f"{hw}_h") or param.HasField(f"{hw}_w")):
+        return [getattr(param, f"{hw}_h"), getattr(param, f"{hw}_w")]
+    values = list(getattr(param, field)) or [default]
     return values * n if len(values) == 1 else values
-
-
-def _has_hw(param, name: str) -> bool:
-    return param.HasField(f"{name}_h") or param.HasField(f"{name}_w")
 
 
 def conv_attributes(ctx: LayerContext) -> dict:
@@ -26,10 +21,10 @@ def conv_attributes(ctx: LayerContext) -> dict:
     if p.axis != 1:
         raise ctx.unsupported(f"with channel axis {p.axis}")
     n = len(ctx.bottom_shape()) - 2
-    kernel = _spatial(p.kernel_size, p.kernel_h, p.kernel_w, _has_hw(p, "kernel"), n, 0)
-    pads = _spatial(p.pad, p.pad_h, p.pad_w, _has_hw(p, "pad"), n, 0)
-    strides = _spatial(p.stride, p.stride_h, p.stride_w, _has_hw(p, "stride"), n, 1)
-    dilations = _spatial(p.dilation, 0, 0, False, n, 1)
+    kernel = _spatial(p, "kernel_size", "kernel", n, 0)
+    pads = _spatial(p, "pad", "pad", n, 0)
+    strides = _spatial(p, "stride", "stride", n, 1)
+    dilations = _spatial(p, "dilation", None, n, 1)
     return dict(kernel_shape=kernel, pads=pads + pads, strides=strides, dilations=dilations, group=p.group)
 
 

@@ -1,13 +1,12 @@
-"""Pooling with Caffe's output size rule and Caffe's AVE divisor.
+"""Pooling with Caffe's output size and Caffe's AVE divisor.
 
 Caffe sizes the output with ceil (or floor) division, then drops a last window
-that would start in the end padding. Each ONNX pool here gets explicit end
-padding that yields exactly Caffe's output size, so no ceil_mode convention is
-involved. Caffe's AVE divides by the window clipped to the padded input
+that would start in the end padding; the inferred top shape says the result.
+Each ONNX pool here gets explicit end padding that yields exactly that size, so
+no ceil_mode convention is involved. Caffe's AVE divides by the window clipped to the padded input
 (H + pad), so windows reaching into the extra ceil padding divide by less than
 the kernel size: a constant correction map fixes those positions.
 """
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,16 +24,7 @@ class Axis:
     kernel: int
     stride: int
     pad: int
-    ceil: bool
-
-    @property
-    def pooled(self) -> int:
-        """Caffe's output size, including the rule that drops a window starting in the end padding."""
-        span = (self.size + 2 * self.pad - self.kernel) / self.stride
-        pooled = (math.ceil(span) if self.ceil else math.floor(span)) + 1
-        if self.pad and (pooled - 1) * self.stride >= self.size + self.pad:
-            pooled -= 1
-        return pooled
+    pooled: int
 
     @property
     def end_pad(self) -> int:
@@ -58,13 +48,11 @@ def _pair(p, name: str, common: str) -> tuple[int, int]:
 def pooling_axes(ctx: LayerContext) -> tuple[Axis, Axis]:
     """The (h, w) geometry of a non-global Pooling layer."""
     p = ctx.param.pooling_param
-    _, _, height, width = ctx.bottom_shape()
-    ceil = p.round_mode == PoolingParameter.CEIL
     kernel, stride, pad = _pair(p, "kernel", "kernel_size"), _pair(p, "stride", "stride"), _pair(p, "pad", "pad")
-    axes = tuple(Axis(size, k, s, q, ceil) for size, k, s, q in zip((height, width), kernel, stride, pad))
+    axes = tuple(Axis(*values) for values in zip(ctx.bottom_shape()[2:], kernel, stride, pad, ctx.top_shape()[2:]))
     for axis in axes:
         if (axis.pooled - 1) * axis.stride - axis.pad >= axis.size:
-            raise ctx.unsupported("with a window entirely outside the input (Caffe divides by zero there)")
+            raise ctx.unsupported("with a window entirely outside the input")
     return axes
 
 

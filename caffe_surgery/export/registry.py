@@ -17,7 +17,7 @@ Converter = Callable[["LayerContext"], None]
 
 CONVERTERS: dict[str, Converter] = {}
 
-DATA_TYPES = frozenset({"Input", "Data", "ImageData", "MemoryData", "DummyData", "HDF5Data"})
+DATA_TYPES = frozenset({"Input", "Data", "ImageData", "MemoryData", "DummyData", "HDF5Data", "WindowData"})
 """Layer types whose tops are fed from outside: they become graph inputs."""
 
 

@@ -3,7 +3,8 @@ Permute, Tile, Softmax, Reduction, ArgMax."""
 from onnx import TensorProto
 
 from ..caffe_pb2 import ReductionParameter
-from .context import LayerContext, canonical_axis
+from ..layer_shapes import canonical_axis
+from .context import LayerContext
 from .registry import converter
 
 

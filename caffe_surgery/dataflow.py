@@ -1,0 +1,82 @@
+"""Connecting a net to data: its own data layer or a command-line spec, batches with progress."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from .data import Source, layer_batch_size, parse_data_spec, source_from_layer
+from .errors import CaffeSurgeryError, DataError
+from .graph import Layer, Net
+from .progress import progress
+
+DATA_LAYERS = ("Data", "ImageData")
+DEFAULT_BATCH = 64
+
+
+def data_layer(net: Net) -> Layer | None:
+    """The net's first Data or ImageData layer, if any."""
+    return next((layer for layer in net.layers if layer.type in DATA_LAYERS), None)
+
+
+def input_layer(net: Net) -> Layer:
+    """The layer whose first top is the images (a data layer, or the first layer without bottoms)."""
+    layer = data_layer(net) or next((l for l in net.layers if not l.bottoms and l.tops), None)
+    if layer is None:
+        raise CaffeSurgeryError("the net has no input or data layer", file=net.source)
+    return layer
+
+
+def base_dir(net: Net) -> str | None:
+    return os.path.dirname(os.path.abspath(net.source)) if net.source else None
+
+
+def item_shapes(prototxt: str | os.PathLike):
+    """A shape resolver for data layers: the item shape its source holds, or nothing if unreadable."""
+    directory = os.path.dirname(os.path.abspath(prototxt))
+
+    def resolve(layer: Layer) -> list[tuple[int, ...]]:
+        if layer.type not in DATA_LAYERS:
+            return []
+        try:
+            return [tuple(source_from_layer(layer.param, directory).shape), ()]
+        except DataError:
+            return []
+
+    return resolve
+
+
+def open_source(net: Net, spec: str | None) -> Source:
+    """The data to run: ``spec`` if given (with the net's transform_param), else the net's data layer."""
+    layer = data_layer(net)
+    if spec:
+        transform = layer.param.transform_param if layer is not None else None
+        return parse_data_spec(spec, transform, base_dir(net))
+    if layer is None:
+        raise DataError("the net has no Data or ImageData layer: pass --data "
+                        "(lmdb:PATH, list:FILE[:ROOT], idx:IMAGES[:LABELS] or npy:PATH)", file=net.source)
+    return source_from_layer(layer.param, base_dir(net))
+
+
+def batch_size_for(net: Net, requested: int | None) -> int:
+    """The batch size to run: the user's, else the data layer's, else 64."""
+    if requested:
+        return requested
+    layer = data_layer(net)
+    return max(layer_batch_size(layer.param), 1) if layer is not None else DEFAULT_BATCH
+
+
+def select_samples(source: Source, limit: int | None = None, shard: tuple[int, int] | None = None) -> Source:
+    """The shard (index, count) of the first ``limit`` samples."""
+    if limit is not None:
+        source = source.head(limit)
+    return source.shard(*shard) if shard else source
+
+
+def batches(source: Source, batch_size: int, desc: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Transformed batches of the whole source with a progress bar (images/s) on a terminal."""
+    with progress(len(source), desc) as bar:
+        for images, labels in source.iter_batches(batch_size):
+            yield images, labels
+            bar.update(len(images))

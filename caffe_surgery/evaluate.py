@@ -1,0 +1,91 @@
+"""Accuracy and loss of a net on a data source, computed the way Caffe's layers define them.
+
+The score blob is the first bottom of the net's Accuracy (or SoftmaxWithLoss)
+layer, else the net's single output; top-k accuracy counts a sample right when
+fewer than k scores are strictly higher than its label's (Caffe's
+Accuracy layer); the loss is SoftmaxWithLoss's mean -log softmax(score)[label].
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import CaffeSurgeryError
+from .graph import BlobVersion, Net
+
+
+@dataclass
+class Evaluation:
+    """Results of one evaluation pass."""
+
+    samples: int = 0
+    correct: dict[int, int] = field(default_factory=dict)
+    loss_sum: float = 0.0
+    has_loss: bool = False
+    seconds: float = 0.0
+
+    def accuracy(self, k: int) -> float:
+        return self.correct.get(k, 0) / max(self.samples, 1)
+
+    @property
+    def loss(self) -> float | None:
+        return self.loss_sum / max(self.samples, 1) if self.has_loss else None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {"samples": self.samples, "accuracy": {f"top{k}": self.accuracy(k) for k in sorted(self.correct)},
+                "loss": self.loss, "images_per_second": self.images_per_second}
+
+
+def score_blob(net: Net) -> tuple[BlobVersion, bool]:
+    """The blob holding class scores, and whether a SoftmaxWithLoss layer reads it."""
+    for kind in ("Accuracy", "SoftmaxWithLoss"):
+        layer = next((l for l in net.layers if l.type == kind), None)
+        if layer is not None:
+            has_loss = any(l.type == "SoftmaxWithLoss" and l.bottoms[0] == layer.bottoms[0] for l in net.layers)
+            return layer.bottoms[0], has_loss
+    outputs = net.outputs()
+    if len(outputs) != 1:
+        raise CaffeSurgeryError(f"cannot tell which output holds the class scores (outputs: "
+                                f"{', '.join(o.name for o in outputs)}); add an Accuracy layer", file=net.source)
+    return outputs[0], False
+
+
+def top_k_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> int:
+    """Samples whose label is among the k highest scores (Caffe: strictly higher scores count against)."""
+    flat = scores.reshape(scores.shape[0], -1)
+    own = flat[np.arange(len(labels)), labels][:, None]
+    return int(((flat > own).sum(axis=1) < k).sum())
+
+
+def softmax_loss(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Sum over the batch of -log softmax(scores)[label], computed stably."""
+    flat = scores.reshape(scores.shape[0], -1).astype(np.float64)
+    shifted = flat - flat.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    return float((log_norm - shifted[np.arange(len(labels)), labels]).sum())
+
+
+def evaluate(net: Net, shapes, batches, top_k=(1,), runtime_options: dict | None = None) -> Evaluation:
+    """Run every batch through onnxruntime and accumulate accuracy (and loss)."""
+    from .runtime import Runtime
+
+    blob, has_loss = score_blob(net)
+    runtime = Runtime(net, shapes, taps=[blob], **(runtime_options or {}))
+    result = Evaluation(correct={k: 0 for k in top_k}, has_loss=has_loss)
+    started = time.perf_counter()
+    for images, labels in batches:
+        scores = runtime.run(images)[blob.key]
+        labels = labels.astype(np.int64)
+        result.samples += len(labels)
+        for k in top_k:
+            result.correct[k] += top_k_hits(scores, labels, k)
+        if has_loss:
+            result.loss_sum += softmax_loss(scores, labels)
+    result.seconds = time.perf_counter() - started
+    return result

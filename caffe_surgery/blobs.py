@@ -20,13 +20,14 @@ _RAW_DTYPES = {
 }
 
 
-def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
-    """The blob's declared shape: ``shape.dim`` if present, else the legacy 4-D dims."""
+def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...] | None:
+    """The blob's declared shape: ``shape.dim`` if present (``()`` for a scalar), else the
+    legacy 4-D dims, else None."""
     if blob.HasField("shape"):
         return tuple(int(d) for d in blob.shape.dim)
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
         return (blob.num, blob.channels, blob.height, blob.width)
-    return ()
+    return None
 
 
 def is_legacy_shape(blob: caffe_pb2.BlobProto) -> bool:
@@ -51,10 +52,12 @@ def blob_to_array(blob: caffe_pb2.BlobProto) -> np.ndarray:
     else:
         values = np.array(blob.data, dtype=np.float32)
     shape = blob_shape(blob)
-    expected = int(np.prod(shape)) if shape else values.size
+    if shape is None:
+        return values
+    expected = int(np.prod(shape))
     if values.size != expected:
         raise ParseError(f"blob of shape {shape} holds {values.size} values, expected {expected}")
-    return values.reshape(shape) if shape else values
+    return values.reshape(shape)
 
 
 def _varint(value: int) -> bytes:
@@ -79,8 +82,8 @@ def array_to_blob(array: np.ndarray, shape: tuple[int, ...] | None = None) -> ca
     ``shape`` overrides the array's own shape (same element count), e.g. to keep
     a legacy layout. The packed bytes go straight to protobuf's parser.
     """
+    dims = tuple(np.shape(array) if shape is None else shape)
     values = np.ascontiguousarray(array, dtype="<f4")
-    dims = tuple(values.shape if shape is None else shape)
     if int(np.prod(dims)) != values.size:
         raise ValueError(f"shape {dims} does not fit {values.size} values")
     shape_payload = _length_delimited(1, b"".join(_varint(d) for d in dims)) if dims else b""

@@ -142,7 +142,7 @@ def _attach_stored(net: Net, shapes: NetShapes, stored: dict[str, list[caffe_pb2
                 array = blob_to_array(blob)
             except CaffeSurgeryError as exc:
                 problems.append(_line(source, layer.name, f"blob {index}: {exc.problem}"))
-                array = np.empty(blob_shape(blob), dtype=np.float32)
+                array = np.empty(blob_shape(blob) or (0,), dtype=np.float32)
             if (index < len(expected) and array.shape != expected[index] and is_legacy_shape(blob)
                     and legacy_fits(array.shape, expected[index])):
                 array = array.reshape(expected[index])

@@ -99,6 +99,10 @@ def _net_arguments(parser, weights_required=False, data=False):
 def _data_arguments(parser):
     parser.add_argument("--data", metavar="SPEC", help="lmdb:PATH, list:FILE[:ROOT], idx:IMAGES[:LABELS] or npy:PATH "
                                                        "(default: the net's own Data/ImageData layer)")
+    parser.add_argument("--scale", type=float, help="multiply pixels by this after the mean (when the net has no "
+                                                     "data layer with a transform_param), e.g. 0.00390625")
+    parser.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")],
+                        help="mean value(s) to subtract per channel, e.g. 104,117,123")
     parser.add_argument("--limit", type=int, help="use only the first N samples")
     parser.add_argument("--batch-size", type=int, help="samples per run (default: the data layer's, else 64)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime device")
@@ -107,6 +111,17 @@ def _data_arguments(parser):
 
 def _runtime_options(args) -> dict:
     return {"device": args.device, "threads": args.threads}
+
+
+def _transform(args):
+    """A TransformationParameter from --scale/--mean, or None to use the net's own."""
+    if args.scale is None and args.mean is None:
+        return None
+    transform = caffe_pb2.TransformationParameter()
+    if args.scale is not None:
+        transform.scale = args.scale
+    transform.mean_value.extend(args.mean or [])
+    return transform
 
 
 def _load(args, with_data: bool = False):
@@ -118,7 +133,7 @@ def _load(args, with_data: bool = False):
     source = None
     if with_data:
         net = load_net(args.prototxt, phase=args.phase)
-        source = open_source(net, args.data)
+        source = open_source(net, args.data, _transform(args))
         if args.limit is not None:
             source = source.head(args.limit)
         top = input_layer(net).tops[0].name
@@ -272,7 +287,7 @@ def cmd_relevance(args) -> int:
         raise CaffeSurgeryError(f"criterion '{criterion.name}' needs no data; use it directly with prune")
     model, source = _load(args, with_data=True)
     groups = build_groups(model.net, model.shapes)
-    group_list = chosen_groups(groups, args.layers)
+    group_list = chosen_groups(groups, args.layers, maxout_only=criterion.name == "maxout-wins")
     stats = _statistics_pass(args, model, source, criterion, group_list, groups)
     about = {"criterion": criterion.name, "layers": ",".join(g.name for g in group_list),
              "shard": f"{args.shard[0]}/{args.shard[1]}" if args.shard else "0/1"}
@@ -367,7 +382,8 @@ def cmd_prune(args) -> int:
     model, source = _load(args, with_data=needs_data)
     groups = build_groups(model.net, model.shapes)
     protected = set(args.protect)
-    group_list = [g for g in chosen_groups(groups, args.layers) if not protected & set(g.producers)]
+    group_list = [g for g in chosen_groups(groups, args.layers, maxout_only=args.criterion == "maxout-wins")
+                  if not protected & set(g.producers)]
     plan, net, notes, stats = _plan(args, model, source, groups, group_list)
     keep = resolve_plan(plan, net, groups, args.plan)
     if protected & {p for gid in keep for p in groups.groups[gid].producers}:

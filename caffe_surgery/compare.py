@@ -58,7 +58,7 @@ def run_onnxruntime(net: Net, shapes, names: list[str], inputs: np.ndarray, runt
     from .runtime import Runtime
 
     taps = [net.final(name) for name in names]
-    outputs = Runtime(net, shapes, taps=taps, **runtime_options).run(inputs)
+    outputs = Runtime(net, shapes, taps=taps, outputs=(), **runtime_options).run(inputs)
     return {name: outputs[tap.key] for name, tap in zip(names, taps)}
 
 

@@ -47,11 +47,13 @@ def item_shapes(prototxt: str | os.PathLike):
     return resolve
 
 
-def open_source(net: Net, spec: str | None) -> Source:
-    """The data to run: ``spec`` if given (with the net's transform_param), else the net's data layer."""
+def open_source(net: Net, spec: str | None, transform=None) -> Source:
+    """The data to run: ``spec`` if given (with ``transform``, else the net's transform_param), else the
+    net's data layer."""
     layer = data_layer(net)
     if spec:
-        transform = layer.param.transform_param if layer is not None else None
+        if transform is None and layer is not None:
+            transform = layer.param.transform_param
         return parse_data_spec(spec, transform, base_dir(net))
     if layer is None:
         raise DataError("the net has no Data or ImageData layer: pass --data "

@@ -1,7 +1,8 @@
 """Accuracy and loss of a net on a data source, computed the way Caffe's layers define them.
 
 The score blob is the first bottom of the net's Accuracy (or SoftmaxWithLoss)
-layer, else the net's single output; top-k accuracy counts a sample right when
+layer, else the net's single output (the Softmax's input when that output is
+a Softmax); top-k accuracy counts a sample right when
 fewer than k scores are strictly higher than its label's (Caffe's
 Accuracy layer); the loss is SoftmaxWithLoss's mean -log softmax(score)[label].
 """
@@ -53,6 +54,9 @@ def score_blob(net: Net) -> tuple[BlobVersion, bool]:
     if len(outputs) != 1:
         raise CaffeSurgeryError(f"cannot tell which output holds the class scores (outputs: "
                                 f"{', '.join(o.name for o in outputs)}); add an Accuracy layer", file=net.source)
+    producer = net.producer(outputs[0])
+    if producer.type == "Softmax":
+        return producer.bottoms[0], False  # the logits: same ranking, no ties from saturated probabilities
     return outputs[0], False
 
 
@@ -76,7 +80,7 @@ def evaluate(net: Net, shapes, batches, top_k=(1,), runtime_options: dict | None
     from .runtime import Runtime
 
     blob, has_loss = score_blob(net)
-    runtime = Runtime(net, shapes, taps=[blob], **(runtime_options or {}))
+    runtime = Runtime(net, shapes, taps=[blob], outputs=(), **(runtime_options or {}))
     result = Evaluation(correct={k: 0 for k in top_k}, has_loss=has_loss)
     started = time.perf_counter()
     for images, labels in batches:

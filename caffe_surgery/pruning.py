@@ -25,10 +25,14 @@ from .statistics import Statistics
 from .surgery import apply_plan
 
 
-def chosen_groups(groups: Groups, layers: list[str] | None) -> list[Group]:
-    """The prunable groups, or those of the named producer layers (errors for others)."""
+def chosen_groups(groups: Groups, layers: list[str] | None, maxout_only: bool = False) -> list[Group]:
+    """The prunable groups (only maxout ones if asked), or those of the named producer layers (errors for others)."""
     if not layers:
-        return groups.prunable()
+        chosen = [g for g in groups.prunable() if g.maxout is not None or not maxout_only]
+        if not chosen:
+            raise CaffeSurgeryError("the net has no prunable maxout group" if maxout_only else
+                                    "the net has no prunable group (see 'caffe-surgery info --groups')")
+        return chosen
     chosen = []
     for name in layers:
         group = groups.of_layer(name)
@@ -36,6 +40,8 @@ def chosen_groups(groups: Groups, layers: list[str] | None) -> list[Group]:
             raise CaffeSurgeryError("not a Convolution/Deconvolution/InnerProduct layer of the net", layer=name)
         if group.pinned:
             raise CaffeSurgeryError(f"its channels cannot be pruned: {'; '.join(group.pinned)}", layer=name)
+        if maxout_only and group.maxout is None:
+            raise CaffeSurgeryError("not a maxout layer (maxout-wins ranks neurons inside maxout units)", layer=name)
         if group not in chosen:
             chosen.append(group)
     return chosen
@@ -51,7 +57,7 @@ def gather(model: Model, stats: Statistics, groups: Groups, batches, runtime_opt
     """Stream batches through onnxruntime with the statistics' taps and accumulate them."""
     from .runtime import Runtime
 
-    runtime = Runtime(model.net, model.shapes, taps=list(stats.taps.values()), **runtime_options)
+    runtime = Runtime(model.net, model.shapes, taps=list(stats.taps.values()), outputs=(), **runtime_options)
     for images, _labels in batches:
         stats.update(runtime.run(images), groups)
     return stats

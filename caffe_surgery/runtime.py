@@ -39,12 +39,15 @@ class Runtime:
     """An onnxruntime session computing a net's outputs plus tapped blob versions."""
 
     def __init__(self, net: Net, shapes, *, taps: Iterable[BlobSpec] = (), device: str = "auto",
-                 threads: int | None = None, batch_size: int | None = None):
-        """``shapes`` as for ``export_onnx``; ``threads`` sets intra-op threads; ``batch_size`` caps the
-        samples per session call (bigger inputs are run in chunks)."""
+                 threads: int | None = None, batch_size: int | None = None,
+                 outputs: Iterable[BlobSpec] | None = None):
+        """``shapes``, ``taps`` and ``outputs`` as for ``export_onnx`` (``outputs=()``: the taps only);
+        ``threads`` sets intra-op threads; ``batch_size`` caps the samples per session call (bigger
+        inputs run in chunks)."""
         taps = list(taps)
-        self.outputs = graph_outputs(net, taps)
-        model = export_onnx(net, shapes, dynamic_batch=True, taps=taps)
+        outputs = None if outputs is None else list(outputs)
+        self.outputs = graph_outputs(net, taps, outputs)
+        model = export_onnx(net, shapes, dynamic_batch=True, taps=taps, outputs=outputs)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -125,84 +128,6 @@ def _join_rule(shape: list) -> str:
     return "constant" if isinstance(shape[0], int) else "concat"
 
 
-class ChannelStats:
-    """Running per-channel statistics of one blob: values seen per channel, sum, sum of squares, zeros.
-
-    Channels are axis 1 (a 0- or 1-axis blob counts as one channel). Accumulators are
-    float64/int64, so batches can be added one at a time and partial results merged.
-    """
-
-    def __init__(self, channels: int):
-        self.channels = channels
-        self.count = 0
-        self.sum = np.zeros(channels)
-        self.sum_sq = np.zeros(channels)
-        self.zeros = np.zeros(channels, dtype=np.int64)
-
-    @classmethod
-    def of(cls, values: np.ndarray) -> "ChannelStats":
-        """Statistics of one batch."""
-        return cls(_per_channel(values).shape[0]).update(values)
-
-    def update(self, values: np.ndarray) -> "ChannelStats":
-        """Add a batch of values (N, C, ...); return self."""
-        per_channel = _per_channel(values)
-        if per_channel.shape[0] != self.channels:
-            raise ShapeError(f"values have {per_channel.shape[0]} channels, the statistics {self.channels}")
-        self.count += per_channel.shape[1]
-        self.sum += per_channel.sum(axis=1, dtype=np.float64)
-        self.sum_sq += np.square(per_channel, dtype=np.float64).sum(axis=1)
-        self.zeros += np.count_nonzero(per_channel == 0, axis=1)
-        return self
-
-    def merge(self, other: "ChannelStats") -> "ChannelStats":
-        """Add another accumulator's values (e.g. from another worker); return self."""
-        if other.channels != self.channels:
-            raise ShapeError(f"cannot merge statistics of {other.channels} channels into {self.channels}")
-        self.count += other.count
-        self.sum += other.sum
-        self.sum_sq += other.sum_sq
-        self.zeros += other.zeros
-        return self
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self.sum / max(self.count, 1)
-
-    @property
-    def variance(self) -> np.ndarray:
-        """Population variance per channel (E[x^2] - E[x]^2, clipped at 0)."""
-        return np.maximum(self.sum_sq / max(self.count, 1) - self.mean ** 2, 0.0)
-
-    @property
-    def zero_fraction(self) -> np.ndarray:
-        """Fraction of zeros per channel (APoZ after a ReLU)."""
-        return self.zeros / max(self.count, 1)
-
-
 def _count(feeds: Arrays) -> int:
     """Samples in a batch of inputs."""
     return len(next(iter(feeds.values())))
-
-
-def _per_channel(values: np.ndarray) -> np.ndarray:
-    """Values as a (C, everything else) matrix, channels being axis 1."""
-    values = np.asarray(values)
-    if values.ndim < 2:
-        return values.reshape(1, -1)
-    return np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)
-
-
-class StatsCollector:
-    """A ``run_batches`` callback accumulating ``ChannelStats`` for chosen result keys (default: all)."""
-
-    def __init__(self, keys: Iterable[str] | None = None):
-        self.keys = None if keys is None else list(keys)
-        self.stats: dict[str, ChannelStats] = {}
-
-    def __call__(self, results: Arrays, batch: Batch | None = None) -> None:
-        for key in self.keys if self.keys is not None else results:
-            if key in self.stats:
-                self.stats[key].update(results[key])
-            else:
-                self.stats[key] = ChannelStats.of(results[key])

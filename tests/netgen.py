@@ -299,7 +299,8 @@ layer { name: "mvn" type: "MVN" bottom: "lrn" top: "mvn" mvn_param { eps: 0.1 } 
 layer { name: "mvn_across" type: "MVN" bottom: "mvn" top: "mvn_across" mvn_param { eps: 0.05 across_channels: true } }
 """),
     # An SSD head: Normalize (per position with per-channel scale; across spatial with a shared one),
-    # Permute + Flatten, PriorBox with several sizes, ratios, steps and offsets, Concat, Reshape, Softmax.
+    # Permute + Flatten, PriorBox with several sizes, ratios, steps and offsets, Concat (legacy concat_dim
+    # too), Reshape, Softmax.
     "ssd_head": _spec({"data": Feed((1, 3, 24, 30))}, """
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
   convolution_param { num_output: 8 kernel_size: 3 stride: 4 pad: 1 } }
@@ -314,7 +315,7 @@ layer { name: "loc1_flat" type: "Flatten" bottom: "loc1_perm" top: "loc1_flat" }
 layer { name: "loc2" type: "Convolution" bottom: "norm2" top: "loc2" convolution_param { num_output: 24 kernel_size: 1 } }
 layer { name: "loc2_perm" type: "Permute" bottom: "loc2" top: "loc2_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
 layer { name: "loc2_flat" type: "Flatten" bottom: "loc2_perm" top: "loc2_flat" }
-layer { name: "loc" type: "Concat" bottom: "loc1_flat" bottom: "loc2_flat" top: "loc" }
+layer { name: "loc" type: "Concat" bottom: "loc1_flat" bottom: "loc2_flat" top: "loc" concat_param { concat_dim: 1 } }
 layer { name: "loc_reshape" type: "Reshape" bottom: "loc" top: "loc_boxes" reshape_param { shape { dim: 0 dim: -1 dim: 4 } } }
 layer { name: "loc_softmax" type: "Softmax" bottom: "loc_boxes" top: "loc_softmax" softmax_param { axis: 2 } }
 layer { name: "prior1" type: "PriorBox" bottom: "norm1" bottom: "data" top: "prior1"

@@ -18,7 +18,7 @@ from caffe_surgery.model import load_model
 from caffe_surgery.onnx_export import export_onnx, graph_outputs, save_onnx, tensor_names
 from caffe_surgery.shapes import infer_shapes
 from conftest import REAL_MODELS
-from netgen import CORPUS, generate, write_net
+from netgen import CORPUS, generate
 
 RNG_SEED = 7
 

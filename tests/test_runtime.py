@@ -6,7 +6,8 @@ import pytest
 
 from caffe_surgery.errors import CaffeSurgeryError, ShapeError
 from caffe_surgery.model import load_model
-from caffe_surgery.runtime import ChannelStats, Runtime, StatsCollector, providers_for
+from caffe_surgery.runtime import Runtime, providers_for
+from caffe_surgery.statistics import ChannelStats
 from conftest import REAL_MODELS
 from netgen import generate
 
@@ -69,6 +70,20 @@ def test_batch_size_runs_chunks_and_keeps_constant_outputs(tmp_path):
         np.testing.assert_allclose(results[key], expected[key], rtol=1e-5, atol=1e-6)
 
 
+def test_ssd_model_up_to_detection_output_in_chunks():
+    directory = REAL_MODELS / "yufacedetectnet_v1"
+    model = load_model(directory / "yufacedetectnet-open-v1.prototxt", directory / "yufacedetectnet-open-v1.caffemodel")
+    detection = model.net.layer("detection_out")
+    whole = Runtime(model.net, model.shapes, outputs=detection.bottoms)
+    chunked = Runtime(model.net, model.shapes, outputs=(), taps=detection.bottoms, batch_size=1)
+    assert whole.keys == chunked.keys == ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 240, 320)).astype(np.float32)
+    expected, results = whole.run(x), chunked.run(x)
+    assert results["mbox_loc"].shape == (2, 17680) and results["mbox_priorbox"].shape == (1, 2, 17680)
+    for key in expected:
+        np.testing.assert_allclose(results[key], expected[key], rtol=1e-5, atol=1e-5)
+
+
 def test_batch_size_refuses_outputs_that_mix_samples(tmp_path):
     generated = generate("reduction", tmp_path)
     model = load_model(generated.prototxt, generated.caffemodel)
@@ -111,31 +126,20 @@ def test_statistics_gathered_batch_by_batch_equal_those_of_all_values(conv_pool)
     runtime = Runtime(model.net, model.shapes, taps=["conv1@relu1", "fc@drop"], batch_size=3)
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((n, 3, 13, 11)).astype(np.float32) for n in (4, 1, 7)]
-    collector = StatsCollector(["conv1@relu1", "fc@drop"])
-    assert runtime.run_batches(batches, collector) == 12
+    keys = ["conv1@relu1", "fc@drop"]
+    stats = {key: ChannelStats(model.shapes.blob(model.net.resolve(key))[1]) for key in keys}
+
+    def collect(results, batch):
+        for key in keys:
+            stats[key].update(results[key])
+
+    assert runtime.run_batches(batches, collect) == 12
     everything = runtime.run(np.concatenate(batches))
-    for key in collector.keys:
-        stats, values = collector.stats[key], everything[key]
+    for key in keys:
+        values = everything[key]
         per_channel = np.moveaxis(values, 1, 0).reshape(values.shape[1], -1).astype(np.float64)
-        assert stats.count == per_channel.shape[1]
-        np.testing.assert_allclose(stats.mean, per_channel.mean(1), rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(stats.variance, per_channel.var(1), rtol=1e-5, atol=1e-9)
-        np.testing.assert_array_equal(stats.zero_fraction, (per_channel == 0).mean(1))
-    assert collector.stats["fc@drop"].zero_fraction.max() > 0  # after the ReLU
-
-
-def test_channel_stats_merge_and_shapes():
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((3, 4, 2, 2)), np.maximum(rng.standard_normal((5, 4, 2, 2)), 0)
-    merged = ChannelStats.of(a).merge(ChannelStats.of(b))
-    together = ChannelStats.of(np.concatenate([a, b]))
-    assert merged.count == together.count == 32
-    for name in ("sum", "sum_sq", "zeros"):
-        np.testing.assert_allclose(getattr(merged, name), getattr(together, name))
-    assert ChannelStats.of(np.ones((6, 3))).channels == 3
-    flat = ChannelStats.of(np.array([0.0, 2.0]))
-    assert (flat.channels, flat.count, float(flat.mean[0]), float(flat.zero_fraction[0])) == (1, 2, 1.0, 0.5)
-    with pytest.raises(ShapeError, match="values have 2 channels, the statistics 4"):
-        ChannelStats(4).update(np.zeros((1, 2)))
-    with pytest.raises(ShapeError, match="cannot merge"):
-        ChannelStats(4).merge(ChannelStats(3))
+        assert stats[key].count == per_channel.shape[1]
+        np.testing.assert_allclose(stats[key].mean(), per_channel.mean(1), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(stats[key].mean_square(), (per_channel ** 2).mean(1), rtol=1e-5, atol=1e-9)
+        np.testing.assert_array_equal(stats[key].zero_fraction(), (per_channel <= 0).mean(1))
+    assert stats["fc@drop"].zero_fraction().max() > 0  # after the ReLU

@@ -88,7 +88,7 @@ def _infer_layer(layer: Layer, bottoms: list[Shape], overrides: dict[str, Shape]
     result = _rule(layer, bottoms, overrides, data_shapes)
     if result is None:
         if given is None:
-            raise UnsupportedLayerError(f"layer type '{layer.type}' has no shape rule; give its top shapes")
+            raise UnsupportedLayerError(f"unknown layer type '{layer.type}': no shape rule for it (pass its top shapes)")
         tops, param_shapes = [tuple(s) for s in given], None
         params, macs = sum(int(b.size) for b in layer.blobs), 0
     else:

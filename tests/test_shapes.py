@@ -561,7 +561,7 @@ layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h" recurrent_
 def test_unknown_type_needs_top_shapes():
     body = 'layer { name: "py" type: "Python" bottom: "x" top: "y" }\n' \
            'layer { name: "r" type: "ReLU" bottom: "y" top: "y" }'
-    with pytest.raises(UnsupportedLayerError, match="py: layer type 'Python' has no shape rule"):
+    with pytest.raises(UnsupportedLayerError, match="py: unknown layer type 'Python': no shape rule"):
         infer_shapes(net_of(with_input((1, 4), body)))
     shapes = infer_shapes(net_of(with_input((1, 4), body)), top_shapes={"py": [(1, 9)]})
     assert shapes.layer("py").param_shapes is None

@@ -26,10 +26,9 @@ def convert_to_lmdb(source: Source, out_path: str, *, limit: int | None = None,
     place, so a failure leaves nothing behind. Returns the number of records written.
     """
     if os.path.lexists(out_path) and not overwrite:
-        raise DataError("output exists; pass overwrite to replace it", file=out_path)
+        raise DataError("output exists; pass --force (overwrite=True) to replace it", file=out_path)
     parent = os.path.dirname(os.path.abspath(out_path))
-    if not os.path.isdir(parent):
-        raise DataError("the output's directory does not exist", file=out_path)
+    os.makedirs(parent, exist_ok=True)
     count = len(source) if limit is None else max(0, min(limit, len(source)))
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.", dir=parent)
     try:

@@ -271,7 +271,7 @@ def _statistics_pass(args, model, source, criterion, group_list, groups):
     from .pruning import gather, statistics_plan
 
     stats = statistics_plan(model, groups, group_list, criterion)
-    source = select_samples(source, shard=args.shard)
+    source = select_samples(source, shard=getattr(args, "shard", None))
     return gather(model, stats, groups, _batches(model, source, args, f"relevance ({criterion.name})"),
                   _runtime_options(args))
 

@@ -52,7 +52,7 @@ def _scale(layer: Layer, shapes: NetShapes, channels: int) -> Affine | None:
         return None
     axis = canonical_axis(p.axis, len(shapes.blob(layer.bottoms[0])))
     values = [np.asarray(b, dtype=np.float64).ravel() for b in layer.blobs]
-    if any(v.size != 1 and (axis != 1 or p.num_axes == 0 or v.size != channels) for v in values):
+    if any(v.size != 1 and (axis != 1 or v.size != channels) for v in values):
         return None
     factor = np.broadcast_to(values[0], (channels,))
     bias = np.broadcast_to(values[1], (channels,)) if p.bias_term else np.zeros(channels)
@@ -68,13 +68,15 @@ def _affine(layer: Layer, shapes: NetShapes, channels: int) -> Affine | None:
     return _scale(layer, shapes, channels) if layer.type == "Scale" else None
 
 
-def _foldable_producer(layer: Layer) -> bool:
+def _foldable_producer(layer: Layer, shapes: NetShapes) -> bool:
+    """A one-bottom, one-top, not in-place producer with its own weights and its output channels on axis 1."""
     if layer.type not in PRODUCERS or len(layer.bottoms) != 1 or len(layer.tops) != 1 or not layer.blobs:
         return False
     if layer.in_place or any(spec.name for spec in layer.param.param):
         return False
-    axis = layer.param.inner_product_param.axis if layer.type == "InnerProduct" else layer.param.convolution_param.axis
-    return axis in (1, -1) if layer.type == "InnerProduct" else axis == 1
+    if layer.type == "InnerProduct":
+        return len(shapes.blob(layer.tops[0])) == 2
+    return canonical_axis(layer.param.convolution_param.axis, len(shapes.blob(layer.bottoms[0]))) == 1
 
 
 def _chain(net: Net, shapes: NetShapes, producer: Layer, heads: tuple[str, ...]) -> tuple[list[Layer], Affine]:
@@ -138,7 +140,7 @@ def fold(net: Net, shapes: NetShapes, heads: tuple[str, ...] = ("BatchNorm", "Sc
     """A copy of the net with every chain starting with a layer of type ``heads`` folded; the removed layers."""
     updated, removed = {}, []
     for layer in net.layers:
-        if not _foldable_producer(layer):
+        if not _foldable_producer(layer, shapes):
             continue
         chain, (a, c) = _chain(net, shapes, layer, heads)
         if chain:

@@ -131,16 +131,17 @@ def _smallest(magnitudes: np.ndarray, fraction: float) -> np.ndarray:
     return mask
 
 
-def _masks(magnitudes: list[np.ndarray], rule: dict) -> list[np.ndarray]:
-    """Per layer, a flat mask of the weights to zero."""
+def _masks(weights: list[np.ndarray], rule: dict) -> list[np.ndarray]:
+    """Per layer, a mask (flat, like ``weights``) of the weights to zero."""
+    magnitudes = [np.abs(w) for w in weights]
     if "threshold" in rule:
         return [m < rule["threshold"] for m in magnitudes]
     pooled = rule["scope"] == "global"
     if "std_factor" in rule:
         if pooled:
-            cut = rule["std_factor"] * np.concatenate(magnitudes).std()
+            cut = rule["std_factor"] * np.concatenate(weights).std()
             return [m < cut for m in magnitudes]
-        return [m < rule["std_factor"] * m.std() for m in magnitudes]
+        return [m < rule["std_factor"] * w.std() for w, m in zip(weights, magnitudes)]
     if not pooled:
         return [_smallest(m, rule["sparsity"]) for m in magnitudes]
     mask = _smallest(np.concatenate(magnitudes), rule["sparsity"])
@@ -169,7 +170,7 @@ def sparsify(net: Net, *, sparsity: float | None = None, threshold: float | None
     chosen = [layer.name for layer in _chosen_layers(net, layers)]
     pruned = copy.deepcopy(net)
     weights = [pruned.layer(name).blobs[0] for name in chosen]
-    masks = _masks([np.abs(w, dtype=np.float64).ravel() for w in weights], rule)
+    masks = _masks([w.astype(np.float64).ravel() for w in weights], rule)
     for weight, mask in zip(weights, masks):
         weight[mask.reshape(weight.shape)] = 0
     entries = [LayerSparsity(name, pruned.layer(name).type, int(w.size), int(np.count_nonzero(w)),

@@ -1,8 +1,8 @@
 """Exactness of surgery: the pruned net equals the original with the removed channels switched off.
 
 Both nets are written to prototxt/caffemodel files and run by OpenCV's own
-Caffe importer, an independent consumer. Tolerance: 1e-5 relative to
-max(1, max |reference|).
+Caffe importer, an independent consumer, and both run in onnxruntime.
+Tolerance: 1e-5 relative to max(1, max |reference|).
 """
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ from caffe_surgery.graph import build_net
 from caffe_surgery.groups import build_groups
 from caffe_surgery.model import load_model
 from caffe_surgery.plan import Plan, resolve_plan
+from caffe_surgery.runtime import Runtime
 from caffe_surgery.save import save_caffemodel, save_prototxt
 from caffe_surgery.shapes import infer_shapes
 from caffe_surgery.surgery import apply_plan
@@ -57,6 +58,10 @@ def _assert_exact(net, shapes, keep, directory, seed=0):
     for name, a, b in zip(outputs, got, want):
         assert a.shape == b.shape, name
         assert np.abs(a - b).max() <= TOLERANCE * max(1.0, np.abs(b).max()), name
+    got = Runtime(pruned, pruned_shapes, device="cpu").run(inputs)
+    want = Runtime(masked, shapes, device="cpu").run(inputs)
+    for key in (o.key for o in net.outputs()):
+        assert np.abs(got[key] - want[key]).max() <= TOLERANCE * max(1.0, np.abs(want[key]).max()), key
     assert pruned_shapes.totals()[0] < shapes.totals()[0]
     return pruned, pruned_shapes
 

@@ -92,6 +92,8 @@ def _net_arguments(parser, weights_required=False, data=False):
     parser.add_argument("--input", action="append", type=parse_input_shape, default=[], metavar="NAME=N,C,H,W",
                         help="shape of a data/input blob (repeatable); overrides the net's own")
     parser.add_argument("--phase", type=_phase, default=caffe_pb2.TEST, help="TRAIN or TEST (default TEST)")
+    parser.add_argument("--top-shape", action="append", type=parse_input_shape, default=[], metavar="LAYER=N,C,H,W",
+                        help="output shape of a layer type caffe-surgery has no rule for (repeat for more tops)")
     if data:
         _data_arguments(parser)
 
@@ -138,8 +140,11 @@ def _load(args, with_data: bool = False):
             source = source.head(args.limit)
         top = input_layer(net).tops[0].name
         shapes.setdefault(top, (batch_size_for(net, args.batch_size),) + tuple(source.shape))
+    top_shapes: dict[str, list[tuple[int, ...]]] = {}
+    for layer, shape in args.top_shape:
+        top_shapes.setdefault(layer, []).append(shape)
     model = load_model(args.prototxt, args.weights, phase=args.phase, input_shapes=shapes,
-                       data_shapes=item_shapes(args.prototxt))
+                       data_shapes=item_shapes(args.prototxt), top_shapes=top_shapes)
     if source is not None:
         top = input_layer(model.net).tops[0]
         if tuple(model.shapes.blob(top)[1:]) != tuple(source.shape):

@@ -93,14 +93,16 @@ def load_net(prototxt: str | os.PathLike, phase: int = TEST, stages: tuple[str, 
 
 def load_model(prototxt: str | os.PathLike, weights: str | os.PathLike | None = None, *,
                phase: int = TEST, input_shapes: dict[str, tuple[int, ...]] | None = None,
-               stages: tuple[str, ...] = (), data_shapes: DataShapes | None = None) -> Model:
+               stages: tuple[str, ...] = (), data_shapes: DataShapes | None = None,
+               top_shapes: dict[str, list[tuple[int, ...]]] | None = None) -> Model:
     """Load a prototxt and optionally its caffemodel into a checked ``Model``.
 
-    ``data_shapes`` tells the item shape behind a Data layer (see ``shapes``).
+    ``data_shapes`` tells the item shape behind a Data layer; ``top_shapes``
+    gives the output shapes of layers without a shape rule (see ``shapes``).
     """
     net = load_net(prototxt, phase=phase, stages=stages)
     try:
-        shapes = infer_shapes(net, input_shapes, data_shapes=data_shapes)
+        shapes = infer_shapes(net, input_shapes, top_shapes=top_shapes, data_shapes=data_shapes)
     except CaffeSurgeryError as exc:
         raise exc.with_file(str(prototxt))
     warnings = []

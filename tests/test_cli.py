@@ -176,3 +176,12 @@ def test_relevance_shards_merge_to_the_single_pass(tmp_path, capsys):
     code, out, _ = run(capsys, "prune", SAMPLE, "-w", SAMPLE_WEIGHTS, "--criterion", "maxout-wins", "--maxout-k", "3",
                        "--stats", tmp_path / "merged.npz", "-o", tmp_path / "k3")
     assert code == 0 and "187,158" in out
+
+
+def test_unknown_layer_type_runs_with_a_given_top_shape(tmp_path, capsys):
+    unknown = tmp_path / "unknown.prototxt"
+    unknown.write_text(SAMPLE.read_text().replace('type: "Softmax"', 'type: "FancySoftmax"'))
+    code, _, err = run(capsys, "info", unknown)
+    assert code == 1 and "class_proba: unknown layer type 'FancySoftmax'" in err
+    code, out, _ = run(capsys, "info", unknown, "--top-shape", "class_proba=1,10", "--json")
+    assert code == 0 and json.loads(out)["layers"][-1]["top_shapes"] == [[1, 10]]

@@ -28,6 +28,9 @@ EXAMPLES = {
     "relevance": ["caffe-surgery relevance net.prototxt -w w.caffemodel --criterion maxout-wins --data lmdb:train_lmdb -o stats.npz",
                   "caffe-surgery relevance net.prototxt -w w.caffemodel --criterion apoz --data lmdb:db --shard 0/4 -o part_0.npz",
                   "caffe-surgery relevance merge part_*.npz -o stats.npz"],
+    "sparsify": ["caffe-surgery sparsify net.prototxt -w w.caffemodel --sparsity 0.9 --global -o out/sparse",
+                 "caffe-surgery sparsify net.prototxt -w w.caffemodel --std-factor 0.7 -o out/sparse"],
+    "fold-bn": ["caffe-surgery fold-bn net.prototxt -w w.caffemodel -o out/folded"],
     "prune": ["caffe-surgery prune net.prototxt -w w.caffemodel --criterion weight-l1 --ratio 0.5 -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --plan plan.json -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --criterion maxout-wins --maxout-k 3 --data lmdb:db -o small"],
@@ -430,6 +433,22 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_sparsify(args) -> int:
+    """Magnitude weight pruning: exact zeros in a dense caffemodel, with sparse and compressed sizes."""
+    from .sparsify import sparsify_command
+
+    return sparsify_command(args.prototxt, args.weights, args.output, sparsity=args.sparsity,
+                            threshold=args.threshold, std_factor=args.std_factor, layers=args.layers,
+                            scope=args.scope, input_shapes=dict(args.input))
+
+
+def cmd_fold_bn(args) -> int:
+    """Fold BatchNorm/Scale layers into the preceding Convolution/InnerProduct."""
+    from .fold import fold_command
+
+    return fold_command(args.prototxt, args.weights, args.output, input_shapes=dict(args.input))
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 def _verb(verbs, name, help_text, run):
@@ -524,6 +543,24 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="print the plan and projected sizes; write nothing")
     prune.add_argument("-o", "--output", required=True, help="output prefix: writes PREFIX.prototxt/.caffemodel/"
                                                               ".report.json/.plan.json")
+    sparsify = _verb(verbs, "sparsify", "magnitude weight pruning (exact zeros; sparse and zip sizes reported)",
+                     cmd_sparsify)
+    _net_arguments(sparsify, weights_required=True)
+    rule = sparsify.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--sparsity", type=_ratio, help="fraction of weights to zero (smallest |w| first)")
+    rule.add_argument("--threshold", type=float, help="zero every |w| below this")
+    rule.add_argument("--std-factor", type=float, metavar="Q", help="zero |w| below Q times the layer's weight std")
+    scope = sparsify.add_mutually_exclusive_group()
+    scope.add_argument("--per-layer", dest="scope", action="store_const", const="per-layer", default="per-layer",
+                       help="the sparsity applies to each layer (default)")
+    scope.add_argument("--global", dest="scope", action="store_const", const="global",
+                       help="one cut over all chosen layers")
+    sparsify.add_argument("--layers", type=lambda t: t.split(","), help="only these layers (comma-separated)")
+    sparsify.add_argument("-o", "--output", required=True, help="output prefix (.prototxt/.caffemodel/.report.json)")
+
+    fold = _verb(verbs, "fold-bn", "fold BatchNorm/Scale into the preceding Convolution/InnerProduct", cmd_fold_bn)
+    _net_arguments(fold, weights_required=True)
+    fold.add_argument("-o", "--output", required=True, help="output prefix (.prototxt/.caffemodel)")
     return parser
 
 

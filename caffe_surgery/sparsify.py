@@ -111,7 +111,8 @@ def _chosen_layers(net: Net, names: list[str] | None) -> list[Layer]:
     if names is None:
         chosen = [layer for layer in net.layers if layer.type in WEIGHTED and layer.blobs]
         if not chosen:
-            raise CaffeSurgeryError("the net has no Convolution, Deconvolution or InnerProduct weights", file=net.source)
+            raise CaffeSurgeryError("the net has no Convolution, Deconvolution or InnerProduct weights",
+                                    file=net.source)
         return chosen
     chosen = [net.layer(name) for name in dict.fromkeys(names)]
     for layer in chosen:

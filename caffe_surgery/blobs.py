@@ -35,10 +35,12 @@ def is_legacy_shape(blob: caffe_pb2.BlobProto) -> bool:
     return not blob.HasField("shape")
 
 
-def blob_to_array(blob: caffe_pb2.BlobProto) -> np.ndarray:
+def blob_to_array(blob: caffe_pb2.BlobProto, data: np.ndarray | None = None) -> np.ndarray:
     """Return the blob's values as a float32 array of its declared shape.
 
-    Raises ParseError when the value count does not match the shape.
+    ``data``: the blob's float ``data`` values when they were read apart from
+    the message (see ``io.read_weight_layers``; the message's own ``data`` is
+    then empty). Raises ParseError when the value count does not match the shape.
     """
     if blob.HasField("raw_data_type") or blob.HasField("raw_data"):
         dtype = _RAW_DTYPES.get(blob.raw_data_type)
@@ -49,6 +51,8 @@ def blob_to_array(blob: caffe_pb2.BlobProto) -> np.ndarray:
         values = np.frombuffer(blob.raw_data, dtype=dtype).astype(np.float32)
     elif len(blob.double_data):
         values = np.array(blob.double_data, dtype=np.float64).astype(np.float32)
+    elif data is not None:
+        values = np.asarray(data, dtype=np.float32).reshape(-1)
     else:
         values = np.array(blob.data, dtype=np.float32)
     shape = blob_shape(blob)

@@ -30,6 +30,8 @@ EXAMPLES = {
                   "caffe-surgery relevance merge part_*.npz -o stats.npz"],
     "sparsify": ["caffe-surgery sparsify net.prototxt -w w.caffemodel --sparsity 0.9 --global -o out/sparse",
                  "caffe-surgery sparsify net.prototxt -w w.caffemodel --std-factor 0.7 -o out/sparse"],
+    "reproduce": ["caffe-surgery reproduce lenet --data idx:train-images-idx3-ubyte.gz:train-labels-idx1-ubyte.gz "
+                  "--test-data idx:t10k-images-idx3-ubyte.gz:t10k-labels-idx1-ubyte.gz -o results/lenet"],
     "fold-bn": ["caffe-surgery fold-bn net.prototxt -w w.caffemodel -o out/folded"],
     "prune": ["caffe-surgery prune net.prototxt -w w.caffemodel --criterion weight-l1 --ratio 0.5 -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --plan plan.json -o out/net_small",
@@ -449,6 +451,33 @@ def cmd_fold_bn(args) -> int:
     return fold_command(args.prototxt, args.weights, args.output, input_shapes=dict(args.input))
 
 
+def cmd_reproduce(args) -> int:
+    """Reproduce the LeNet maxout neuron-pruning experiment; write results.json/.md/.png."""
+    from .reproduce import reproduce_lenet
+
+    document = reproduce_lenet(args.data, args.test_data, args.output, max_iter=args.max_iter,
+                               train_limit=args.train_limit, test_limit=args.test_limit, device=args.device,
+                               weight_sparsity=args.weight_sparsity, conv_tolerance=args.conv_tolerance)
+    print((Path(args.output) / "results.md").read_text())
+    return 0 if document["stages"] else 1
+
+
+def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``reproduce lenet`` (shared with scripts/reproduce_lenet.py)."""
+    parser.add_argument("--data", required=True, help="training images, e.g. idx:train-images.gz:train-labels.gz")
+    parser.add_argument("--test-data", required=True, help="test images, e.g. idx:t10k-images.gz:t10k-labels.gz")
+    parser.add_argument("-o", "--output", required=True, help="results folder")
+    parser.add_argument("--max-iter", type=int, help="iterations per training (default: the reference solver's "
+                                                     "3749 scaled to the training set size)")
+    parser.add_argument("--train-limit", type=int, help="use only the first N training images")
+    parser.add_argument("--test-limit", type=int, help="use only the first N test images")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
+    parser.add_argument("--weight-sparsity", type=_ratio, default=0.75,
+                        help="fraction of each layer's weights removed by magnitude pruning (default 0.75)")
+    parser.add_argument("--conv-tolerance", type=float, default=0.2,
+                        help="accuracy points the conv-filter pruning may cost (default 0.2)")
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 def _verb(verbs, name, help_text, run):
@@ -558,6 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
     sparsify.add_argument("--layers", type=lambda t: t.split(","), help="only these layers (comma-separated)")
     sparsify.add_argument("-o", "--output", required=True, help="output prefix (.prototxt/.caffemodel/.report.json)")
 
+    reproduce = _verb(verbs, "reproduce", "reproduce a published pruning experiment", cmd_reproduce)
+    reproduce.add_argument("experiment", choices=("lenet",), help="lenet: maxout neuron pruning (Moya Rueda et al. 2017)")
+    reproduce_arguments(reproduce)
+
     fold = _verb(verbs, "fold-bn", "fold BatchNorm/Scale into the preceding Convolution/InnerProduct", cmd_fold_bn)
     _net_arguments(fold, weights_required=True)
     fold.add_argument("-o", "--output", required=True, help="output prefix (.prototxt/.caffemodel)")
@@ -572,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    return _run(args.run, args, args.debug)
+    return run_command(args.run, args, args.debug)
 
 
 def _main_merge(argv: list[str]) -> int:
@@ -582,10 +615,11 @@ def _main_merge(argv: list[str]) -> int:
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    return _run(cmd_relevance_merge, args, args.debug)
+    return run_command(cmd_relevance_merge, args, args.debug)
 
 
-def _run(command, args, debug: bool) -> int:
+def run_command(command, args, debug: bool) -> int:
+    """Run one verb: its exit code, or 1 with a one-line error for bad input."""
     try:
         return command(args)
     except CaffeSurgeryError as exc:

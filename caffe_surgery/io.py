@@ -60,6 +60,181 @@ def read_weights(path: str | os.PathLike) -> caffe_pb2.NetParameter:
     return net
 
 
+class _NotPlain(Exception):
+    """The file is not a plain current-format caffemodel the streaming reader handles."""
+
+
+_NET_LAYER = caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name["layer"].number
+_NET_V1_LAYERS = caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name["layers"].number
+_LAYER_BLOBS = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name["blobs"].number
+_BLOB_DATA = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["data"].number
+_BLOB_DIFF = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["diff"].number
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+class _Wire:
+    """Protobuf wire-format fields read from a file, with the position counted."""
+
+    def __init__(self, handle, size: int):
+        self.handle, self.size, self.pos = handle, size, 0
+
+    def varint(self) -> int:
+        result = shift = 0
+        while shift < 64:
+            byte = self.handle.read(1)
+            if not byte:
+                raise _NotPlain
+            self.pos += 1
+            result |= (byte[0] & 0x7F) << shift
+            if not byte[0] & 0x80:
+                return result
+            shift += 7
+        raise _NotPlain
+
+    def take(self, count: int) -> bytes:
+        if count > self.size - self.pos:
+            raise _NotPlain
+        data = self.handle.read(count)
+        if len(data) != count:
+            raise _NotPlain
+        self.pos += count
+        return data
+
+    def skip(self, count: int) -> None:
+        if count > self.size - self.pos:
+            raise _NotPlain
+        self.handle.seek(count, os.SEEK_CUR)
+        self.pos += count
+
+    def fill(self, array: np.ndarray) -> None:
+        """Read exactly the array's bytes into it (no intermediate copy)."""
+        view = memoryview(array).cast("B")
+        if len(view) > self.size - self.pos:
+            raise _NotPlain
+        done = 0
+        while done < len(view):
+            count = self.handle.readinto(view[done:])
+            if not count:
+                raise _NotPlain
+            done += count
+        self.pos += done
+
+    def field(self) -> tuple[int, int, bytes]:
+        """(field number, wire type, the key's bytes as they are re-encoded)."""
+        key = self.varint()
+        number, wire = key >> 3, key & 7
+        if number == 0 or wire not in (_VARINT, _FIXED64, _LENGTH, _FIXED32):
+            raise _NotPlain  # groups (deprecated) and garbage: let protobuf judge
+        return number, wire, _encode_varint(key)
+
+    def rest_of_field(self, wire: int) -> bytes:
+        """The value bytes of a field whose key was just read, as stored."""
+        if wire == _VARINT:
+            return _encode_varint(self.varint())
+        if wire == _FIXED64:
+            return self.take(8)
+        if wire == _FIXED32:
+            return self.take(4)
+        length = self.varint()
+        return _encode_varint(length) + self.take(length)
+
+
+def _read_blob(wire: _Wire, end: int) -> tuple[caffe_pb2.BlobProto, np.ndarray | None]:
+    """One BlobProto up to ``end``: its packed float ``data`` read straight into an array, the rest parsed."""
+    rest, chunks = [], []
+    while wire.pos < end:
+        number, kind, key = wire.field()
+        if number == _BLOB_DATA:
+            if kind != _LENGTH:
+                raise _NotPlain
+            length = wire.varint()
+            if length % 4:
+                raise _NotPlain
+            chunk = np.empty(length // 4, dtype="<f4")
+            wire.fill(chunk)
+            chunks.append(chunk)
+        elif number == _BLOB_DIFF and kind == _LENGTH:
+            wire.skip(wire.varint())  # gradients: never used, never kept
+        else:
+            rest.append(key + wire.rest_of_field(kind))
+    if wire.pos != end:
+        raise _NotPlain
+    try:
+        header = caffe_pb2.BlobProto.FromString(b"".join(rest))
+    except message.DecodeError:
+        raise _NotPlain from None
+    if not chunks:
+        return header, None
+    values = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    return header, values.astype(np.float32, copy=False)
+
+
+def _read_layer(wire: _Wire, end: int) -> tuple[caffe_pb2.LayerParameter, list]:
+    rest, blobs = [], []
+    while wire.pos < end:
+        number, kind, key = wire.field()
+        if number == _LAYER_BLOBS and kind == _LENGTH:
+            length = wire.varint()
+            blobs.append(_read_blob(wire, wire.pos + length))
+        else:
+            rest.append(key + wire.rest_of_field(kind))
+    if wire.pos != end:
+        raise _NotPlain
+    try:
+        return caffe_pb2.LayerParameter.FromString(b"".join(rest)), blobs
+    except message.DecodeError:
+        raise _NotPlain from None
+
+
+def read_weight_layers(path: str | os.PathLike):
+    """Stream a current-format caffemodel: ``(header, [(layer, [(blob, values), ...]), ...])``, or None.
+
+    ``header`` is the NetParameter without its layers; each layer comes
+    without its blobs, each blob without its float ``data``, whose values are
+    read from the file straight into a float32 array (``values``; None when
+    the blob has no ``data``, e.g. raw or double values, which stay in the
+    message). Memory holds the arrays and one small message at a time: the
+    file's bytes are never held whole and no value is converted one by one.
+
+    None means the file is not such a caffemodel (V1/V0 ``layers``, no layer,
+    unpacked values, anything malformed): read it with ``read_weights``,
+    which also gives the precise error.
+    """
+    try:
+        size = os.path.getsize(path)
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise ParseError(f"cannot read file: {exc.strerror}", file=str(path)) from exc
+    with handle:
+        wire = _Wire(handle, size)
+        rest, layers = [], []
+        try:
+            while wire.pos < size:
+                number, kind, key = wire.field()
+                if number == _NET_V1_LAYERS:
+                    return None
+                if number == _NET_LAYER and kind == _LENGTH:
+                    length = wire.varint()
+                    layers.append(_read_layer(wire, wire.pos + length))
+                else:
+                    rest.append(key + wire.rest_of_field(kind))
+            header = caffe_pb2.NetParameter.FromString(b"".join(rest))
+        except (_NotPlain, message.DecodeError):
+            return None
+    if not layers:
+        return None
+    return header, layers
+
+
 def read_mean(path: str | os.PathLike) -> np.ndarray:
     """Read a ``.binaryproto`` mean image as a float32 array (C, H, W)."""
     blob = _parse_binary(path, caffe_pb2.BlobProto(), "binaryproto mean file")

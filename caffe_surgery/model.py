@@ -17,9 +17,9 @@ from . import caffe_pb2
 from .blobs import blob_to_array, is_legacy_shape
 from .errors import CaffeSurgeryError, ShapeError
 from .graph import TEST, Net, build_net
-from .io import read_net_text, read_weights
+from .io import read_net_text, read_weight_layers, read_weights
 from .shapes import DataShapes, NetShapes, infer_shapes
-from .upgrade import upgrade_net
+from .upgrade import needs_upgrade, upgrade_net
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,35 @@ def weights_by_layer(weights: caffe_pb2.NetParameter, source: str) -> dict[str, 
     return found
 
 
-def attach_weights(net: Net, shapes: NetShapes, stored: dict[str, list[caffe_pb2.BlobProto]], source: str) -> list[str]:
+StoredBlob = caffe_pb2.BlobProto | tuple[caffe_pb2.BlobProto, np.ndarray | None]
+"""A stored blob: its message, or (message without ``data``, the ``data`` values read apart)."""
+
+
+def read_stored_weights(path: str | os.PathLike) -> dict[str, list[StoredBlob]]:
+    """``weights_by_layer`` of a caffemodel, upgraded: what ``load_model`` attaches.
+
+    A current-format file is streamed (``io.read_weight_layers``): its float
+    values go from the file straight into arrays, and no copy of the whole
+    message is made. Other files (V1/V0, malformed) are parsed whole and
+    upgraded, which also reports their errors.
+    """
+    streamed = read_weight_layers(path)
+    if streamed is None:
+        weights = read_weights(path)
+        if needs_upgrade(weights):
+            weights = upgrade_net(weights)
+        return weights_by_layer(weights, str(path))
+    header, layers = streamed
+    if needs_upgrade(header):
+        upgrade_net(header)  # the header's own errors (e.g. input_dim not 4 per input), as a whole read gives
+    found = {}
+    for layer, blobs in layers:
+        if blobs:
+            found[layer.name] = blobs
+    return found
+
+
+def attach_weights(net: Net, shapes: NetShapes, stored: dict[str, list[StoredBlob]], source: str) -> list[str]:
     """Give every layer of ``net`` the stored blobs of its namesake; return warnings.
 
     Raises ShapeError naming both shapes when a blob does not fit its layer.
@@ -64,9 +92,10 @@ def attach_weights(net: Net, shapes: NetShapes, stored: dict[str, list[caffe_pb2
             raise ShapeError(f"caffemodel has {len(blobs)} blobs, the layer expects {len(expected)}",
                              file=source, layer=layer.name)
         arrays = []
-        for index, blob in enumerate(blobs):
+        for index, stored_blob in enumerate(blobs):
+            blob, data = stored_blob if isinstance(stored_blob, tuple) else (stored_blob, None)
             try:
-                array = blob_to_array(blob)
+                array = blob_to_array(blob, data)
             except CaffeSurgeryError as exc:
                 raise ShapeError(f"blob {index}: {exc.problem}", file=source, layer=layer.name) from exc
             if expected is not None and array.shape != tuple(expected[index]):
@@ -86,7 +115,10 @@ def load_net(prototxt: str | os.PathLike, phase: int = TEST, stages: tuple[str, 
     """Parse, upgrade and phase-filter a net prototxt (no weights)."""
     source = str(prototxt)
     try:
-        return build_net(upgrade_net(read_net_text(prototxt)), phase=phase, stages=stages, source=source)
+        net_param = read_net_text(prototxt)
+        if needs_upgrade(net_param):
+            net_param = upgrade_net(net_param)
+        return build_net(net_param, phase=phase, stages=stages, source=source)
     except CaffeSurgeryError as exc:
         raise exc.with_file(source)
 
@@ -107,7 +139,7 @@ def load_model(prototxt: str | os.PathLike, weights: str | os.PathLike | None = 
         raise exc.with_file(str(prototxt))
     warnings = []
     if weights is not None:
-        stored = weights_by_layer(upgrade_net(read_weights(weights)), str(weights))
+        stored = read_stored_weights(weights)
         warnings = attach_weights(net, shapes, stored, str(weights))
     for message in warnings:
         log.warning(message)

@@ -175,6 +175,18 @@ def net_format(net: caffe_pb2.NetParameter) -> str:
                      layer=v1_name or None)
 
 
+def needs_upgrade(net: caffe_pb2.NetParameter) -> bool:
+    """Whether :func:`upgrade_net` would change ``net`` (or refuse it); cheap, copies nothing.
+
+    False for a current-format net without an input header and without
+    BatchNorm layers declaring the three old param specs: upgrading such a net
+    returns an equal copy, so a caller that owns the message can use it as is.
+    """
+    if len(net.layers) or len(net.input):
+        return True
+    return any(layer.type == "BatchNorm" and len(layer.param) == 3 for layer in net.layer)
+
+
 def upgrade_net(net: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
     """Return a current-format copy of ``net`` (prototxt or caffemodel); ``net`` is not changed.
 

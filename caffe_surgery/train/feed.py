@@ -58,6 +58,8 @@ class Feed:
         if self.layer.type == "Input":
             if source is None:
                 raise DataError("the net's data comes from an Input layer: pass a data source", layer=self.layer.name)
+            if not len(self.layer.param.input_param.shape):
+                raise DataError("the Input layer declares no shape", layer=self.layer.name)
             declared = self.layer.param.input_param.shape[0].dim
             self.batch_size = int(declared[0])
             if tuple(declared[1:]) != tuple(source.shape):

@@ -17,16 +17,20 @@ from ..upgrade import upgrade_net, upgrade_solver
 
 @dataclass
 class SolverSetup:
-    """An upgraded SolverParameter, the folder its relative paths start from, and its nets."""
+    """An upgraded SolverParameter, its file and the folder its relative paths start from, and its nets."""
 
     param: caffe_pb2.SolverParameter
+    path: str | None
     base_dir: str | None
     train_net: Net
     test_nets: list[Net]
 
 
-def _read_net(path: str, base_dir: str | None) -> tuple[caffe_pb2.NetParameter, str]:
+def _read_net(path: str, base_dir: str | None, where: str) -> tuple[caffe_pb2.NetParameter, str]:
     resolved = resolve_path(path, base_dir)
+    if not os.path.exists(resolved):
+        places = f"{base_dir} or the current directory" if base_dir else "the current directory"
+        raise CaffeSurgeryError(f"net file '{path}' not found (looked in {places})", file=where)
     try:
         return upgrade_net(read_net_text(resolved)), resolved
     except CaffeSurgeryError as exc:
@@ -51,18 +55,18 @@ def _train_net(param: caffe_pb2.SolverParameter, base_dir: str | None, where: st
     if kind.endswith("_param"):
         net_param, source = getattr(param, kind), f"{where}:{kind}"
     else:
-        net_param, source = _read_net(getattr(param, kind), base_dir)
+        net_param, source = _read_net(getattr(param, kind), base_dir, where)
     return _build(net_param, param.train_state, TRAIN, source)
 
 
 def _test_nets(param: caffe_pb2.SolverParameter, base_dir: str | None, where: str) -> list[Net]:
     """test_net_param entries, then test_net files, then the generic net once per remaining test_iter."""
     specs = [(net, f"{where}:test_net_param[{i}]") for i, net in enumerate(param.test_net_param)]
-    specs += [_read_net(path, base_dir) for path in param.test_net]
+    specs += [_read_net(path, base_dir, where) for path in param.test_net]
     generic = param.HasField("net_param") or bool(param.net)
     if generic and len(param.test_iter) > len(specs):
         net, source = ((param.net_param, f"{where}:net_param") if param.HasField("net_param")
-                       else _read_net(param.net, base_dir))
+                       else _read_net(param.net, base_dir, where))
         specs += [(net, source)] * (len(param.test_iter) - len(specs))
     if len(param.test_iter) != len(specs):
         raise CaffeSurgeryError(f"the solver gives {len(param.test_iter)} test_iter values for {len(specs)} test nets",
@@ -77,12 +81,12 @@ def _test_nets(param: caffe_pb2.SolverParameter, base_dir: str | None, where: st
 def load_solver(solver: str | os.PathLike | caffe_pb2.SolverParameter) -> SolverSetup:
     """Read (a path) or take (a message) a solver, upgrade it, and build its train and test nets."""
     if isinstance(solver, caffe_pb2.SolverParameter):
-        raw, base_dir, where = solver, None, "solver"
+        raw, path, base_dir, where = solver, None, None, "solver"
     else:
-        raw, where = read_solver(solver), str(solver)
-        base_dir = os.path.dirname(os.path.abspath(where))
+        raw, path = read_solver(solver), str(solver)
+        base_dir, where = os.path.dirname(os.path.abspath(path)), path
     try:
         param = upgrade_solver(raw)
     except CaffeSurgeryError as exc:
         raise exc.with_file(where)
-    return SolverSetup(param, base_dir, _train_net(param, base_dir, where), _test_nets(param, base_dir, where))
+    return SolverSetup(param, path, base_dir, _train_net(param, base_dir, where), _test_nets(param, base_dir, where))

@@ -100,7 +100,7 @@ class _ZeroMasks:
 
 
 class _Trainer:
-    """The state of one run: nets, feeds, solver; ``run`` goes from iteration 0 to max_iter."""
+    """The state of one run: the TRAIN model and its feed, the test nets and theirs, the solver, the history."""
 
     def __init__(self, setup: SolverSetup, weights: list[str], device: torch.device,
                  train_data: Source | None, test_data: Source | None, keep_zeros: bool):
@@ -110,8 +110,10 @@ class _Trainer:
         rng = np.random.default_rng(seed)
         self.param, self.device, self.setup = param, device, setup
         self.feed = Feed(setup.train_net, TRAIN, train_data, _net_dir(setup.train_net, setup), rng)
-        self.test_feeds = [Feed(net, TEST, test_data, _net_dir(net, setup)) for net in setup.test_nets]
-        nets = [(setup.train_net, self.feed)] + list(zip(setup.test_nets, self.test_feeds))
+        tested = [(net, iters) for net, iters in zip(setup.test_nets, param.test_iter) if iters > 0]
+        self.test_iters = [iters for _, iters in tested]
+        self.test_feeds = [Feed(net, TEST, test_data, _net_dir(net, setup)) for net, _ in tested]
+        nets = [(setup.train_net, self.feed)] + [(net, feed) for (net, _), feed in zip(tested, self.test_feeds)]
         shapes = [infer_shapes(net, data_shapes=feed.item_shapes) for net, feed in nets]
         for path in weights:
             stored = weights_by_layer(upgrade_net(read_weights(path)), path)
@@ -120,7 +122,7 @@ class _Trainer:
                     log.warning(message)
         self.model = TorchNet(setup.train_net, shapes[0], TRAIN, device=device, rng=rng)
         self.testers = [TorchNet(net, net_shapes, TEST, device=device, rng=rng, share_with=self.model)
-                        for net, net_shapes in zip(setup.test_nets, shapes[1:])]
+                        for (net, _), net_shapes in zip(nets[1:], shapes[1:])]
         self.solver = Solver(param, self.model.learnables)
         self.masks = _ZeroMasks(self.model) if keep_zeros else None
         self.losses: deque[float] = deque(maxlen=max(param.average_loss, 1))
@@ -135,7 +137,7 @@ class _Trainer:
             batch_loss = self.model.loss(self.model(self.feed.next(self.device)))
             if batch_loss.requires_grad:
                 batch_loss.backward()
-            loss += float(batch_loss) / self.param.iter_size
+            loss += float(batch_loss.detach()) / self.param.iter_size
         self.losses.append(loss)
         rate = learning_rate(self.param, iteration)
         if self.param.display and iteration % self.param.display == 0:
@@ -153,10 +155,8 @@ class _Trainer:
 
     @torch.no_grad()
     def test_all(self, iteration: int) -> None:
-        """Run every test net for its test_iter batches; record and log the means of the first one first."""
-        for index, (tester, feed, iters) in enumerate(zip(self.testers, self.test_feeds, self.param.test_iter)):
-            if iters <= 0:
-                continue
+        """Run every test net (with test_iter > 0) for its test_iter batches; record the first one's means."""
+        for index, (tester, feed, iters) in enumerate(zip(self.testers, self.test_feeds, self.test_iters)):
             scores = _test(tester, feed, iters, iteration, self.device)
             log.info("iteration %d, test net #%d: loss = %s, accuracy = %s", iteration, index, scores.loss,
                      scores.accuracy)
@@ -183,12 +183,19 @@ def _test(tester: TorchNet, feed: Feed, iters: int, iteration: int, device: torc
     for _ in range(iters):
         values = tester(feed.next(device))
         loss += float(tester.loss(values))
-        for key in outputs + ([accuracy] if accuracy else []):
+        for key in dict.fromkeys(outputs + ([accuracy] if accuracy else [])):
             if values[key].numel() == 1:
                 sums[key] = sums.get(key, 0.0) + float(values[key])
     means = {key: value / iters for key, value in sums.items()}
     return TestScores(iteration, loss / iters if tester.loss_weights else None,
                       means.get(accuracy) if accuracy else None, means)
+
+
+def _snapshot_prefix(setup: SolverSetup) -> str:
+    """snapshot_prefix, else (as Caffe) the solver file's path without its extension."""
+    if setup.param.snapshot_prefix:
+        return setup.param.snapshot_prefix
+    return os.path.splitext(setup.path)[0] if setup.path else "snapshot"
 
 
 def _weights_list(weights: str | os.PathLike | list | None, param: caffe_pb2.SolverParameter) -> list[str]:
@@ -224,7 +231,7 @@ def train(solver: str | os.PathLike | caffe_pb2.SolverParameter, *, weights=None
                     run.test_all(iteration)
                 run.step(iteration)
                 if param.snapshot and (iteration + 1) % param.snapshot == 0:
-                    run.snapshot(f"{param.snapshot_prefix}_iter_{iteration + 1}.caffemodel")
+                    run.snapshot(f"{_snapshot_prefix(setup)}_iter_{iteration + 1}.caffemodel")
                 if progress:
                     bar.update()
         run.test_all(param.max_iter)

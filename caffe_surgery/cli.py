@@ -30,6 +30,8 @@ EXAMPLES = {
                   "caffe-surgery relevance merge part_*.npz -o stats.npz"],
     "sparsify": ["caffe-surgery sparsify net.prototxt -w w.caffemodel --sparsity 0.9 --global -o out/sparse",
                  "caffe-surgery sparsify net.prototxt -w w.caffemodel --std-factor 0.7 -o out/sparse"],
+    "train": ["caffe-surgery train solver.prototxt -o trained.caffemodel",
+              "caffe-surgery train solver.prototxt -w pruned.caffemodel --keep-zeros --max-iter 2000 -o tuned.caffemodel"],
     "reproduce": ["caffe-surgery reproduce lenet --data idx:train-images-idx3-ubyte.gz:train-labels-idx1-ubyte.gz "
                   "--test-data idx:t10k-images-idx3-ubyte.gz:t10k-labels-idx1-ubyte.gz -o results/lenet"],
     "fold-bn": ["caffe-surgery fold-bn net.prototxt -w w.caffemodel -o out/folded"],
@@ -451,6 +453,14 @@ def cmd_fold_bn(args) -> int:
     return fold_command(args.prototxt, args.weights, args.output, input_shapes=dict(args.input))
 
 
+def cmd_train(args) -> int:
+    """Train a net from its solver with Caffe's semantics (needs the train extra: PyTorch)."""
+    from .train import train_command
+
+    return train_command(args.solver, args.weights, args.max_iter, args.device, args.output, args.data,
+                         args.test_data, args.keep_zeros)
+
+
 def cmd_reproduce(args) -> int:
     """Reproduce the LeNet maxout neuron-pruning experiment; write results.json/.md/.png."""
     from .reproduce import reproduce_lenet
@@ -586,6 +596,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one cut over all chosen layers")
     sparsify.add_argument("--layers", type=lambda t: t.split(","), help="only these layers (comma-separated)")
     sparsify.add_argument("-o", "--output", required=True, help="output prefix (.prototxt/.caffemodel/.report.json)")
+
+    train = _verb(verbs, "train", "train from a solver prototxt with Caffe's semantics (pip install "
+                  "'caffe-surgery[train]')", cmd_train)
+    train.add_argument("solver", help="solver prototxt (net/train_net/test_net, lr policy, momentum, ...)")
+    train.add_argument("-w", "--weights", help="caffemodel to start from (by layer name)")
+    train.add_argument("--max-iter", type=int, help="replace the solver's max_iter")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--data", help="training data instead of the TRAIN net's data layer source")
+    train.add_argument("--test-data", help="test data instead of the TEST net's data layer source")
+    train.add_argument("--keep-zeros", action="store_true", help="masked fine-tuning: zero weights stay zero")
+    train.add_argument("-o", "--output", required=True, help="the trained caffemodel")
 
     reproduce = _verb(verbs, "reproduce", "reproduce a published pruning experiment", cmd_reproduce)
     reproduce.add_argument("experiment", choices=("lenet",), help="lenet: maxout neuron pruning (Moya Rueda et al. 2017)")

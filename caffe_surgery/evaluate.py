@@ -3,8 +3,8 @@
 The score blob is the first bottom of the net's Accuracy (or SoftmaxWithLoss)
 layer, else the net's single output (the Softmax's input when that output is
 a Softmax); top-k accuracy counts a sample right when
-fewer than k scores are strictly higher than its label's (Caffe's
-Accuracy layer); the loss is SoftmaxWithLoss's mean -log softmax(score)[label].
+fewer than k other classes score at least as high as its label (Caffe's
+Accuracy layer, where ties count against); the loss is SoftmaxWithLoss's mean -log softmax(score)[label].
 """
 from __future__ import annotations
 
@@ -61,10 +61,11 @@ def score_blob(net: Net) -> tuple[BlobVersion, bool]:
 
 
 def top_k_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> int:
-    """Samples whose label is among the k highest scores (Caffe: strictly higher scores count against)."""
+    """Samples with fewer than k other classes scoring at least as high as the label (Caffe's Accuracy:
+    a tie counts against the sample)."""
     flat = scores.reshape(scores.shape[0], -1)
     own = flat[np.arange(len(labels)), labels][:, None]
-    return int(((flat > own).sum(axis=1) < k).sum())
+    return int(((flat >= own).sum(axis=1) - 1 < k).sum())
 
 
 def softmax_loss(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -47,7 +47,7 @@ PAPER = {"neuron pruning": "-74% parameters, unchanged accuracy (LeNet-5, MNIST)
 def lenet_maxout_text(source: str, batch: int, training: bool) -> str:
     """The maxout LeNet of the experiment: 20 and 52 5x5 filters, 64 maxout units of k = 4, 10 classes."""
     dropout = ('layer { name: "droppremax" type: "Dropout" bottom: "fc_3" top: "droppremax" '
-               'dropout_param { dropout_ratio: 0.5 } }\n') if training else ""
+               'include { phase: TRAIN } dropout_param { dropout_ratio: 0.5 } }\n') if training else ""
     premax_bottom = "droppremax" if training else "fc_3"
     xavier = 'weight_filler { type: "xavier" }'
     return f"""name: "lenet_maxout_{'train' if training else 'test'}"

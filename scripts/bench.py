@@ -162,7 +162,13 @@ CHILDREN = {"surgery": child_surgery, "floor": child_floor}
 
 
 def run_child(kind: str, *args: str) -> tuple[dict, float]:
-    """Run one child (a fresh interpreter); return its JSON result and its peak RSS in MB (wait4)."""
+    """Run one child (a fresh interpreter); return its JSON result and its peak RSS in MB.
+
+    The peak is the child's own VmHWM (the highest of its phases' peaks; a phase's peak starts
+    from the RSS it inherits, so imports count). ``wait4``'s ru_maxrss would be the same but
+    Linux starts it from the parent's RSS at fork time, which would charge this process's
+    size to small children; it is kept in the result as ``ru_maxrss_mb``.
+    """
     process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", kind, *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout = process.stdout.read()
@@ -172,7 +178,8 @@ def run_child(kind: str, *args: str) -> tuple[dict, float]:
     if process.returncode:
         raise RuntimeError(f"child {kind} {' '.join(args)} failed:\n{stderr.decode(errors='replace')}")
     result = json.loads(stdout.decode().strip().splitlines()[-1])
-    return result, usage.ru_maxrss * 1024 / MB  # Linux: kilobytes
+    result["ru_maxrss_mb"] = usage.ru_maxrss * 1024 / MB  # Linux: kilobytes
+    return result, max(result["peak_mb"].values())
 
 
 # ------------------------------------------------------------------------------ surgery

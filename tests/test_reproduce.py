@@ -1,0 +1,59 @@
+"""The LeNet maxout experiment at a reduced budget: the pipeline's invariants, not its accuracy."""
+import json
+
+import cv2
+import pytest
+from google.protobuf import text_format
+
+from caffe_surgery import caffe_pb2
+from caffe_surgery.io import read_net_text
+from caffe_surgery.reproduce import lenet_maxout_text, reproduce_lenet
+from conftest import FASHION_MNIST, REFERENCE
+
+pytest.importorskip("torch")
+
+
+def _comparable(net: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
+    """The net without what legitimately differs: name, data source and batch, the Reshape's batch dim."""
+    copy = caffe_pb2.NetParameter()
+    copy.CopyFrom(net)
+    copy.ClearField("name")
+    for layer in copy.layer:
+        if layer.type == "Data":
+            layer.data_param.ClearField("source")
+            layer.data_param.ClearField("batch_size")
+            layer.data_param.ClearField("prefetch")
+        if layer.type == "Reshape":
+            layer.reshape_param.shape.dim[0] = 0
+    return copy
+
+
+@pytest.mark.parametrize("reference, training", [("mnist_train_0.prototxt", True), ("mnist_test_0.prototxt", False)])
+def test_experiment_nets_are_the_reference_architecture(reference, training):
+    ours = text_format.Parse(lenet_maxout_text("db", 1, training), caffe_pb2.NetParameter())
+    theirs = read_net_text(REFERENCE / reference)
+    assert _comparable(ours) == _comparable(theirs)
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_reduced_reproduction_keeps_the_pipeline_invariants(tmp_path):
+    spec = "idx:{0}/{1}-images-idx3-ubyte.gz:{0}/{1}-labels-idx1-ubyte.gz"
+    document = reproduce_lenet(spec.format(FASHION_MNIST, "train"), spec.format(FASHION_MNIST, "t10k"), tmp_path,
+                               max_iter=8, train_limit=640, test_limit=100, device="cpu", log=lambda _: None)
+    stages = {s["name"]: s for s in document["stages"]}
+    assert [stages[f"k{k}"]["params"] for k in (4, 3, 2, 1)] == [240_470, 187_158, 133_846, 80_534]
+    for name in ("k3", "k2", "k1"):
+        plan = json.loads((tmp_path / f"{name}.plan.json").read_text())
+        k = int(name[1])
+        assert len(plan["keep"]["fc_3"]) == 64 * k
+        assert all(sum(1 for i in plan["keep"]["fc_3"] if i // (k + 1) == u) == k for u in range(64))
+    weights = 80_534 - (20 + 52 + 64 + 10)  # the k = 1 net's weights, biases left out
+    assert stages["k1_sparse"]["nonzero"] <= 80_534 - int(0.75 * weights) + 1
+    assert stages["k1_conv"]["params"] <= stages["k1"]["params"]
+    assert all(s["opencv_agrees"] for s in document["stages"]), "every deploy pair loads in OpenCV and agrees"
+    assert all(0.0 <= s["accuracy"] <= 1.0 for s in document["stages"])
+    curve = document["conv_tolerance_curve"]
+    assert curve[0]["ratio"] == 0.0 and len(curve) >= 2
+    assert (tmp_path / "results.md").read_text().count("\n| k") == 7
+    image = cv2.imread(str(tmp_path / "results.png"))
+    assert image is not None and image.shape == (560, 900, 3)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .data import Source, layer_batch_size, parse_data_spec, source_from_layer
-from .errors import CaffeSurgeryError, DataError
+from .errors import CaffeSurgeryError, DataError, ShapeError
 from .graph import Layer, Net
 from .progress import progress
 
@@ -33,7 +33,7 @@ def base_dir(net: Net) -> str | None:
 
 
 def item_shapes(prototxt: str | os.PathLike):
-    """A shape resolver for data layers: the item shape its source holds, or nothing if unreadable."""
+    """A shape resolver for data layers: the item shape its source holds."""
     directory = os.path.dirname(os.path.abspath(prototxt))
 
     def resolve(layer: Layer) -> list[tuple[int, ...]]:
@@ -41,8 +41,9 @@ def item_shapes(prototxt: str | os.PathLike):
             return []
         try:
             return [tuple(source_from_layer(layer.param, directory).shape), ()]
-        except DataError:
-            return []
+        except DataError as exc:
+            raise ShapeError(f"cannot read the data to tell the shape of '{layer.tops[0].name}' "
+                             f"({exc.one_line()}); pass --input {layer.tops[0].name}=N,C,H,W") from None
 
     return resolve
 

@@ -223,15 +223,7 @@ def measure_net(net: BenchNet, lmdb_path: Path, images: int, batch: int, repeats
         for images_batch in memory:
             running.update(tapped.run(images_batch), groups)
 
-    figures = {}
-    figures["ort"] = summary(_images_per_second(run_plain, count, repeats))
-    figures["ort+taps"] = summary(_images_per_second(run_taps, count, repeats))
-    figures["ort+taps+stats"] = summary(_images_per_second(run_taps_stats, count, repeats))
-    passes = [relevance_pass(model, groups, new_stats, source, batch, threads) for _ in range(repeats)]
-    if any(samples != count for _, _, samples in passes):
-        raise RuntimeError(f"relevance saw {passes[0][2]} samples, expected {count}")
-    figures["relevance"] = summary([count / seconds for seconds, _, _ in passes])
-    figures["relevance setup s"] = summary([setup for _, setup, _ in passes])
+    runners = {"ort": run_plain, "ort+taps": run_taps, "ort+taps+stats": run_taps_stats}
     if opencv:
         cv_net = cv2.dnn.readNetFromCaffe(str(net.prototxt), str(net.caffemodel))
         cv_net.setInput(warm)
@@ -242,7 +234,20 @@ def measure_net(net: BenchNet, lmdb_path: Path, images: int, batch: int, repeats
                 cv_net.setInput(images_batch)
                 cv_net.forward()
 
-        figures["opencv"] = summary(_images_per_second(run_opencv, count, repeats))
+        runners["opencv"] = run_opencv
+    # Interleaved: every repeat runs each figure once, so drifts of the machine hit them alike.
+    rates = {name: [] for name in [*runners, "relevance"]}
+    setups = []
+    for _ in range(repeats):
+        for name, runner in runners.items():
+            rates[name] += _images_per_second(runner, count, 1)
+        seconds, setup, samples = relevance_pass(model, groups, new_stats, source, batch, threads)
+        if samples != count:
+            raise RuntimeError(f"relevance saw {samples} samples, expected {count}")
+        rates["relevance"].append(count / seconds)
+        setups.append(setup)
+    figures = {name: summary(values) for name, values in rates.items()}
+    figures["relevance setup s"] = summary(setups)
     ratio = [r / p for r, p in zip(figures["relevance"]["runs"], figures["ort"]["runs"])]
     return {"net": net.name, "batch": batch, "images": count, "repeats": repeats, "figures": figures,
             "relevance/ort": summary(ratio) | {"median of ratio of medians":

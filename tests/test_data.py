@@ -480,3 +480,20 @@ def test_csv_images_with_the_label_last(tmp_path):
     (tmp_path / "bad.csv").write_text("1,2,3\n")
     with pytest.raises(DataError, match="square image"):
         parse_data_spec(f"csv:{tmp_path / 'bad.csv'}")
+
+
+def test_an_lmdb_can_be_opened_by_several_sources(tmp_path):
+    out = tmp_path / "db"
+    convert_to_lmdb(ArraySource(np.arange(2 * 9, dtype=np.uint8).reshape(2, 1, 3, 3), np.array([1, 2]), "a"), str(out))
+    first, second = parse_data_spec(f"lmdb:{out}"), parse_data_spec(f"lmdb:{out}")
+    assert len(first) == len(second) == 2
+    np.testing.assert_array_equal(next(iter(first.iter_batches(2)))[0], next(iter(second.iter_batches(2)))[0])
+
+
+def test_a_replaced_lmdb_is_read_afresh(tmp_path):
+    out = tmp_path / "db"
+    convert_to_lmdb(ArraySource(np.zeros((2, 1, 3, 3), dtype=np.uint8), None, "a"), str(out))
+    assert parse_data_spec(f"lmdb:{out}").shape == (1, 3, 3)
+    convert_to_lmdb(ArraySource(np.ones((3, 1, 4, 4), dtype=np.uint8), None, "b"), str(out), overwrite=True)
+    again = parse_data_spec(f"lmdb:{out}")
+    assert len(again) == 3 and again.shape == (1, 4, 4)

@@ -21,6 +21,20 @@ def looks_like_leveldb(path: str) -> bool:
             and not os.path.exists(os.path.join(path, "data.mdb")))
 
 
+_OPEN: dict[tuple, lmdb.Environment] = {}
+
+
+def _environment(path: str) -> lmdb.Environment:
+    """One read-only environment per LMDB file and process (the lmdb package refuses to open one twice);
+    a database replaced on disk since is opened afresh."""
+    data = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+    status = os.stat(data) if os.path.exists(data) else None
+    key = (os.path.realpath(path), status and status.st_ino, status and status.st_mtime_ns)
+    if key not in _OPEN:
+        _OPEN[key] = lmdb.open(path, readonly=True, lock=False, subdir=os.path.isdir(path))
+    return _OPEN[key]
+
+
 class LmdbSource(Source):
     """Datum records of an LMDB directory (or bare data file), opened read-only without locking."""
 
@@ -30,7 +44,7 @@ class LmdbSource(Source):
         if looks_like_leveldb(path):
             raise DataError(LEVELDB_UNSUPPORTED, file=path)
         try:
-            self._env = lmdb.open(path, readonly=True, lock=False, subdir=os.path.isdir(path))
+            self._env = _environment(path)
         except lmdb.Error as exc:
             raise DataError(f"cannot open LMDB: {exc}", file=path) from None
         transformer = transformer or Transformer()

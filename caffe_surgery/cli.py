@@ -32,6 +32,7 @@ EXAMPLES = {
                  "caffe-surgery sparsify net.prototxt -w w.caffemodel --std-factor 0.7 -o out/sparse"],
     "train": ["caffe-surgery train solver.prototxt -o trained.caffemodel",
               "caffe-surgery train solver.prototxt -w pruned.caffemodel --keep-zeros --max-iter 2000 -o tuned.caffemodel"],
+    "importance": ["caffe-surgery importance solver.prototxt -w trained.caffemodel --tolerance 0.5 -o out/small"],
     "reproduce": ["caffe-surgery reproduce lenet --data idx:train-images-idx3-ubyte.gz:train-labels-idx1-ubyte.gz "
                   "--test-data idx:t10k-images-idx3-ubyte.gz:t10k-labels-idx1-ubyte.gz -o results/lenet"],
     "fold-bn": ["caffe-surgery fold-bn net.prototxt -w w.caffemodel -o out/folded"],
@@ -461,6 +462,21 @@ def cmd_train(args) -> int:
                          args.test_data, args.keep_zeros)
 
 
+def cmd_importance(args) -> int:
+    """Importance-weight filter pruning under an accuracy tolerance (train, rank, prune, fold, fine-tune)."""
+    from .importance import importance_prune
+
+    result = importance_prune(args.solver, args.weights, args.output, layers=args.layers, init=args.init,
+                              train_iter=args.train_iter, finetune_iter=args.finetune_iter,
+                              tolerance=args.tolerance, device=args.device, test_limit=args.test_limit,
+                              seed=args.seed)
+    (p0, p1), (m0, m1), (a0, a1) = result.params, result.macs, result.accuracy
+    print(f"filters kept: {', '.join(f'{k} {v}' for k, v in result.kept.items())}")
+    print(f"parameters {p0:,} -> {p1:,}, MACs {m0:,} -> {m1:,}, test accuracy {a0:.4f} -> {a1:.4f}")
+    print(f"wrote {args.output}.prototxt, {args.output}.caffemodel")
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     """Reproduce the LeNet maxout neuron-pruning experiment; write results.json/.md/.png."""
     from .reproduce import reproduce_lenet
@@ -607,6 +623,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-data", help="test data instead of the TEST net's data layer source")
     train.add_argument("--keep-zeros", action="store_true", help="masked fine-tuning: zero weights stay zero")
     train.add_argument("-o", "--output", required=True, help="the trained caffemodel")
+
+    importance = _verb(verbs, "importance", "filter pruning with learned importance weights under an accuracy "
+                       "tolerance (Appl. Sci. 2022; needs the train extra)", cmd_importance)
+    importance.add_argument("solver", help="solver prototxt with train_net and test_net")
+    importance.add_argument("-w", "--weights", required=True, help="trained caffemodel to start from")
+    importance.add_argument("--layers", type=lambda t: t.split(","), help="convolutions to prune (default: all prunable)")
+    importance.add_argument("--init", choices=("ones", "uniform", "l1"), default="l1",
+                            help="importance initialisation (default: normalised filter L1 norms)")
+    importance.add_argument("--train-iter", type=int, default=500, help="iterations training the importance weights")
+    importance.add_argument("--finetune-iter", type=int, default=500, help="fine-tuning iterations after pruning")
+    importance.add_argument("--tolerance", type=float, default=1.0, help="accuracy points the pruning may cost")
+    importance.add_argument("--test-limit", type=int, help="test images used to check the tolerance")
+    importance.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    importance.add_argument("--seed", type=int, default=0)
+    importance.add_argument("-o", "--output", required=True, help="output prefix (deploy .prototxt and .caffemodel)")
 
     reproduce = _verb(verbs, "reproduce", "reproduce a published pruning experiment", cmd_reproduce)
     reproduce.add_argument("experiment", choices=("lenet",), help="lenet: maxout neuron pruning (Moya Rueda et al. 2017)")

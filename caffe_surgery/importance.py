@@ -32,6 +32,7 @@ from .plan import Plan, resolve_plan
 from .pruning import tolerance_plan
 from .save import save_caffemodel, save_prototxt
 from .selection import Budget
+from .shapes import infer_shapes
 from .surgery import apply_plan
 
 INITS = ("ones", "uniform", "l1")
@@ -103,7 +104,7 @@ def _solver_for(solver: caffe_pb2.SolverParameter, nets: dict[int, Path]) -> caf
 
 @dataclass
 class ImportanceResult:
-    """Before/after figures of importance-weight pruning, the tolerance curve and the filters kept."""
+    """Before/after figures (per image: parameters, MACs; test accuracy), the tolerance curve, filters kept."""
 
     params: tuple[int, int]
     macs: tuple[int, int]
@@ -165,8 +166,9 @@ def importance_prune(solver: str | os.PathLike, weights: str | os.PathLike, outp
     save_prototxt(deployed, Path(f"{output}.prototxt"))
     save_caffemodel(deployed, Path(f"{output}.caffemodel"))
     kept = {name: final.net.layer(name).param.convolution_param.num_output for name in chosen}
-    return ImportanceResult((original.shapes.totals()[0], final.shapes.totals()[0]),
-                            (original.shapes.totals()[1], final.shapes.totals()[1]),
+    before = infer_shapes(deploy_net(original.net, original.shapes)).totals()
+    after = infer_shapes(deployed).totals()
+    return ImportanceResult((before[0], after[0]), (before[1], after[1]),
                             (accuracy(original.net, original.shapes), accuracy(final.net, final.shapes)), curve, kept)
 
 

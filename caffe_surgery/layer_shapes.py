@@ -19,6 +19,7 @@ from typing import NoReturn
 from . import caffe_pb2
 from .errors import ShapeError
 from .graph import Layer
+from .priors import box_sizes
 
 Shape = tuple[int, ...]
 
@@ -771,20 +772,12 @@ def _contrastive_loss(layer: Layer, bottoms: list[Shape]) -> Rule:
 
 
 def _num_priors(p: caffe_pb2.PriorBoxParameter) -> int:
-    """Caffe-SSD's count: aspect ratios are 1.0 plus each distinct given ratio (and its
-    inverse with flip); one prior per min_size and ratio, plus one per max_size."""
-    ratios = [1.0]
-    for ratio in p.aspect_ratio:
-        if any(abs(ratio - r) < 1e-6 for r in ratios):
-            continue
-        ratios.append(ratio)
-        if p.flip:
-            ratios.append(1.0 / ratio)
+    """Caffe-SSD's count: one prior per min_size and aspect ratio, plus one per max_size."""
     if not len(p.min_size):
         fail("prior_box_param needs at least one min_size")
     if len(p.max_size) and len(p.max_size) != len(p.min_size):
         fail(f"{len(p.max_size)} max_size values for {len(p.min_size)} min_size values")
-    return len(ratios) * len(p.min_size) + len(p.max_size)
+    return len(box_sizes(p))
 
 
 @rule("PriorBox", bottoms=2)

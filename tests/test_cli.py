@@ -199,3 +199,18 @@ def test_sparsify_and_fold_bn_verbs(tmp_path, capsys):
     assert code == 0
     folded = load_model(tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel")
     assert not {"BatchNorm", "Scale"} & {l.type for l in folded.net.layers}
+
+
+def test_compare_marks_the_first_divergence(tmp_path, capsys):
+    assert run(capsys, "prune", SAMPLE, "-w", SAMPLE_WEIGHTS, "--criterion", "weight-l1", "--ratio", "0.5",
+               "--layers", "fc_3", "-o", tmp_path / "small")[0] == 0
+    code, out, _ = run(capsys, "compare", SAMPLE, SAMPLE_WEIGHTS, tmp_path / "small.prototxt",
+                       tmp_path / "small.caffemodel", "--limit", "2")
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert rows["conv2"].split()[3] == "0" and "first divergence" in rows["fc_3"]
+    assert "shapes differ" not in rows["conv2"] and "1.000000" in rows["pool2"]
+    code, out, _ = run(capsys, "compare", SAMPLE, SAMPLE_WEIGHTS, SAMPLE, SAMPLE_WEIGHTS, "--backend", "opencv")
+    assert code == 0 and "first divergence" not in out
+    relative = [float(line.split()[4]) for line in out.splitlines()[2:]]
+    assert len(relative) == 9 and max(relative) < 1e-4  # every blob but the input

@@ -252,14 +252,16 @@ def bench_stats(args, work: Path) -> dict:
 def md_stats(result: dict) -> list[str]:
     columns = ["ort", "ort+taps", "ort+taps+stats", "relevance", "opencv"]
     lines = ["## Statistics gathering (images/s)", "",
-             "| net | batch | images | " + " | ".join(columns) + " | relevance setup (s) | **relevance / ort** (target >= 0.9) |",
+             "| net | batch | images | " + " | ".join(columns)
+             + " | relevance setup (s) | **relevance / ort** (target >= 0.9) |",
              "|---|---|---|" + "---|" * len(columns) + "---|---|"]
     for net in result["nets"]:
         figures = net["figures"]
         cells = [fmt(figures[c], 1) if c in figures else "-" for c in columns]
         ratio = figures["relevance"]["median"] / figures["ort"]["median"]
         lines.append(f"| {net['net']} | {net['batch']} | {net['images']} | " + " | ".join(cells)
-                     + f" | {fmt(figures['relevance setup s'])} | **{ratio:.2f}** ({fmt(net['relevance/ort'])}) |")
+                     + f" | {fmt(figures['relevance setup s'])} | **{ratio:.2f}** (per round "
+                       f"{net['relevance/ort']['min']:.2f}–{net['relevance/ort']['max']:.2f}) |")
     lines += ["", "ort: plain session on in-memory batches; ort+taps: the statistics' taps as outputs; "
               "ort+taps+stats: plus `Statistics.update`; relevance: `pruning.gather` over the LMDB "
               "(decode on the prefetch thread), session creation excluded (shown as setup); opencv: `cv2.dnn`.", ""]
@@ -422,9 +424,12 @@ def md_growth(result: dict) -> list[str]:
     lines += ["", "| relevance pass, LeNet (images) | seconds, incl. setup |", "|---|---|"]
     lines += [f"| {d['images']} | {fmt(d['seconds'])} |" for d in result["lengths"]]
     lines += ["", "| fit | slope | intercept | R² |", "|---|---|---|---|",
-              f"| surgery time vs caffemodel size | {s['slope'] * 1000:.2f} ms/MB | {s['intercept']:.3f} s | {s['r2']:.4f} |",
-              f"| relevance time vs images (LeNet) | {l['slope'] * 1e6:.1f} µs/image | {l['intercept']:.3f} s | {l['r2']:.4f} |",
-              f"| relevance time per image vs GMAC/image | {g['slope']:.3f} s/GMAC | {g['intercept'] * 1000:.2f} ms | {g['r2']:.4f} |",
+              f"| surgery time vs caffemodel size | {s['slope'] * 1000:.2f} ms/MB | {s['intercept']:.3f} s "
+              f"| {s['r2']:.4f} |",
+              f"| relevance time vs images (LeNet) | {l['slope'] * 1e6:.1f} µs/image | {l['intercept']:.3f} s "
+              f"| {l['r2']:.4f} |",
+              f"| relevance time per image vs GMAC/image | {g['slope']:.3f} s/GMAC | {g['intercept'] * 1000:.2f} ms "
+              f"| {g['r2']:.4f} |",
               ""]
     return lines
 
@@ -484,9 +489,16 @@ def bench_gpu(args, work: Path) -> dict:
                 running.update({key: values[key].cpu().numpy() for key in taps}, groups)
             return running
 
-        forward(memory[0])
+        values = forward(memory[0])
+        from caffe_surgery.runtime import Runtime
+
+        reference = Runtime(model.net, model.shapes, taps=[new_stats().taps[k] for k in taps], outputs=(),
+                            device="cpu").run(memory[0])
+        agreement = max(float(np.abs(values[k].cpu().numpy() - reference[k]).max() / max(1.0, np.abs(reference[k]).max()))
+                        for k in taps)
         images = sum(len(b) for b in memory)
         results.append({"net": name, "device": device, "batch": batch, "images": images,
+                        "taps max relative difference vs onnxruntime": agreement,
                         "torch img/s": summary(bench_runtime._images_per_second(plain, images, args.repeats), "img/s"),
                         "relevance img/s": summary(bench_runtime._images_per_second(relevance, images, args.repeats),
                                                    "img/s")})
@@ -497,10 +509,11 @@ def md_gpu(result: dict) -> list[str]:
     if "skipped" in result:
         return ["## GPU (torch backend)", "", f"skipped: {result['skipped']}", ""]
     lines = ["## GPU hook: relevance pass through caffe_surgery.train.TorchNet", "",
-             "| net | device | batch | images | torch forward (img/s) | relevance (img/s) |", "|---|---|---|---|---|---|"]
+             "| net | device | batch | images | torch forward (img/s) | relevance (img/s) | taps vs onnxruntime |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["nets"]:
         lines.append(f"| {r['net']} | {r['device']} | {r['batch']} | {r['images']} | {fmt(r['torch img/s'], 1)} | "
-                     f"{fmt(r['relevance img/s'], 1)} |")
+                     f"{fmt(r['relevance img/s'], 1)} | {r['taps max relative difference vs onnxruntime']:.1e} |")
     return lines + [""]
 
 

@@ -52,8 +52,10 @@ def test_reduced_reproduction_keeps_the_pipeline_invariants(tmp_path):
     assert stages["k1_conv"]["params"] <= stages["k1"]["params"]
     assert all(s["opencv_agrees"] for s in document["stages"]), "every deploy pair loads in OpenCV and agrees"
     assert all(0.0 <= s["accuracy"] <= 1.0 for s in document["stages"])
-    curve = document["conv_tolerance_curve"]
-    assert curve[0]["ratio"] == 0.0 and len(curve) >= 2
+    steps = document["conv_pruning_steps"]
+    assert steps[0]["accepted"] and len(steps) >= 2
+    assert all(s["accepted"] for s in steps[:-1]), "pruning stops at the first step beyond the tolerance"
+    assert steps[-1]["accepted"] == (len(steps) == 11)
     assert (tmp_path / "results.md").read_text().count("\n| k") == 7
     image = cv2.imread(str(tmp_path / "results.png"))
     assert image is not None and image.shape == (560, 900, 3)

@@ -14,11 +14,11 @@ from collections import Counter
 import numpy as np
 
 from . import caffe_pb2
-from .blobs import blob_shape, blob_to_array, is_legacy_shape
+from .blobs import blob_shape, is_legacy_shape
 from .errors import CaffeSurgeryError
 from .graph import TEST, BlobVersion, Layer, Net, layer_included
-from .io import read_net_text, read_weights
-from .model import legacy_fits, weights_by_layer
+from .io import read_net_text
+from .model import StoredBlob, legacy_fits, read_stored_weights, stored_array
 from .shapes import DataShapes, NetShapes, infer_shapes
 from .upgrade import upgrade_net
 
@@ -130,16 +130,17 @@ def _lenient_net(net_param: caffe_pb2.NetParameter, phase: int, source: str, pro
     return Net(header, layers, source)
 
 
-def _attach_stored(net: Net, shapes: NetShapes, stored: dict[str, list[caffe_pb2.BlobProto]],
+def _attach_stored(net: Net, shapes: NetShapes, stored: dict[str, list[StoredBlob]],
                    source: str, problems: list[str]) -> None:
     """Give each layer its stored blobs as arrays; legacy 4-D dims that Caffe accepts take the expected shape."""
     for layer in net.layers:
         info = shapes.layers.get(layer.name)
         expected = info.param_shapes if info is not None and info.param_shapes is not None else []
         arrays = []
-        for index, blob in enumerate(stored.get(layer.name, [])):
+        for index, stored_blob in enumerate(stored.get(layer.name, [])):
+            blob = stored_blob[0] if isinstance(stored_blob, tuple) else stored_blob
             try:
-                array = blob_to_array(blob)
+                blob, array = stored_array(stored_blob)
             except CaffeSurgeryError as exc:
                 problems.append(_line(source, layer.name, f"blob {index}: {exc.problem}"))
                 array = np.empty(blob_shape(blob) or (0,), dtype=np.float32)
@@ -166,7 +167,7 @@ def check_files(prototxt: str | os.PathLike, weights: str | os.PathLike,
     problems += _structure_problems(net, net_source)
     problems += [_line(e.file or net_source, e.layer, e.problem) for e in errors]
     try:
-        stored = weights_by_layer(upgrade_net(read_weights(weights)), weights_source)
+        stored = read_stored_weights(weights)
     except CaffeSurgeryError as exc:
         return problems + [exc.with_file(weights_source).one_line()]
     _attach_stored(net, shapes, stored, weights_source, problems)

@@ -70,15 +70,21 @@ def filter_rows(layer: Layer) -> np.ndarray:
     return weight.reshape(weight.shape[0], -1)
 
 
+ROWS_PER_BLOCK = 256
+
+
 def _producer_sum(net: Net, groups: Groups, group: Group, per_row: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Sum a per-output-row statistic of every producer into group indices."""
+    """Sum a per-output-row statistic of every producer into group indices (in float64, a block of rows
+    at a time so a large layer is never copied whole)."""
     scores = np.zeros(group.size, dtype=np.float64)
     for name in group.producers:
         layer = net.layer(name)
         if not layer.blobs:
             raise CaffeSurgeryError("weight criteria need the caffemodel (-w)", layer=name)
         index = groups.layouts[layer.tops[0]][0].index[:, 0]
-        scores[index] += per_row(filter_rows(layer).astype(np.float64))
+        rows = filter_rows(layer)
+        scores[index] += np.concatenate([per_row(rows[start:start + ROWS_PER_BLOCK].astype(np.float64))
+                                         for start in range(0, len(rows), ROWS_PER_BLOCK)])
     return scores
 
 

@@ -77,6 +77,12 @@ def read_stored_weights(path: str | os.PathLike) -> dict[str, list[StoredBlob]]:
     return found
 
 
+def stored_array(stored_blob: StoredBlob) -> tuple[caffe_pb2.BlobProto, np.ndarray]:
+    """A stored blob's message (for its shape style) and its values as an array of its declared shape."""
+    blob, data = stored_blob if isinstance(stored_blob, tuple) else (stored_blob, None)
+    return blob, blob_to_array(blob, data)
+
+
 def attach_weights(net: Net, shapes: NetShapes, stored: dict[str, list[StoredBlob]], source: str) -> list[str]:
     """Give every layer of ``net`` the stored blobs of its namesake; return warnings.
 
@@ -93,9 +99,8 @@ def attach_weights(net: Net, shapes: NetShapes, stored: dict[str, list[StoredBlo
                              file=source, layer=layer.name)
         arrays = []
         for index, stored_blob in enumerate(blobs):
-            blob, data = stored_blob if isinstance(stored_blob, tuple) else (stored_blob, None)
             try:
-                array = blob_to_array(blob, data)
+                blob, array = stored_array(stored_blob)
             except CaffeSurgeryError as exc:
                 raise ShapeError(f"blob {index}: {exc.problem}", file=source, layer=layer.name) from exc
             if expected is not None and array.shape != tuple(expected[index]):

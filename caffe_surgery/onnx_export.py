@@ -18,6 +18,7 @@ from onnx import helper
 from .errors import GraphError, UnsupportedLayerError
 from .export import CONVERTERS, DATA_TYPES, is_dropped, supported_types
 from .export.context import GraphBuilder, LayerContext
+from .export.summaries import add_channel_summary
 from .graph import BlobVersion, Layer, Net
 from .io import atomic_write
 
@@ -59,10 +60,7 @@ def graph_outputs(net: Net, taps: Iterable[BlobSpec] = (), outputs: Iterable[Blo
     chosen = default_outputs(net) if outputs is None else [_resolve(net, spec) for spec in outputs]
     for spec in taps:
         chosen.append(_resolve(net, spec))
-    unique = list(dict.fromkeys(chosen))
-    if not unique:
-        raise GraphError("the net has no outputs to export", file=net.source)
-    return unique
+    return list(dict.fromkeys(chosen))
 
 
 def _resolve(net: Net, spec: BlobSpec) -> BlobVersion:
@@ -88,31 +86,39 @@ def needed_layers(net: Net, targets: Sequence[BlobVersion]) -> list[Layer]:
 
 
 def export_onnx(net: Net, shapes, *, opset: int = 17, dynamic_batch: bool = False,
-                taps: Iterable[BlobSpec] = (), outputs: Iterable[BlobSpec] | None = None) -> onnx.ModelProto:
+                taps: Iterable[BlobSpec] = (), outputs: Iterable[BlobSpec] | None = None,
+                summaries: Iterable[BlobSpec] = (), check: bool = True) -> onnx.ModelProto:
     """Convert ``net`` to an ONNX model that passes the full checker and strict shape inference.
 
     ``shapes`` needs only ``shapes.blob(version) -> tuple``. ``outputs`` (blob versions or
     ``name``/``name@layer`` specs) restricts the graph to what they need, default the net's deploy
-    outputs; ``taps`` are extra outputs. With ``dynamic_batch`` dim 0 of the inputs is symbolic.
+    outputs; ``taps`` are extra outputs; ``summaries`` are blobs whose per-channel sums, sums of
+    squares and counts of values <= 0 become extra (3, C) outputs (see ``export.summaries``). With
+    ``dynamic_batch`` dim 0 of the inputs is symbolic. ``check=False`` skips the checker and shape
+    inference (for sessions built in memory, where onnxruntime validates the graph itself).
     """
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(f"opset {opset} is outside {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
     targets = graph_outputs(net, taps, outputs)
-    layers = needed_layers(net, targets)
+    summarised = [_resolve(net, spec) for spec in summaries]
+    if not targets and not summarised:
+        raise GraphError("the net has no outputs to export", file=net.source)
+    layers = needed_layers(net, targets + summarised)
     names = tensor_names(net)
-    used = {bottom for layer in layers for bottom in layer.bottoms} | set(targets)
+    used = {bottom for layer in layers for bottom in layer.bottoms} | set(targets) | set(summarised)
     builder = GraphBuilder(shapes, names, used, opset, dynamic_batch)
     for layer in layers:
         CONVERTERS[layer.type](LayerContext(builder, layer))
-    graph = helper.make_graph(
-        builder.nodes, net.name or "caffe_net", builder.inputs,
-        [builder.value_info(names[v], shapes.blob(v), None) for v in targets],
-        initializer=builder.initializers)
+    declared = [builder.value_info(names[v], shapes.blob(v), None) for v in targets]
+    declared += [add_channel_summary(builder, v) for v in summarised]
+    graph = helper.make_graph(builder.nodes, net.name or "caffe_net", builder.inputs, declared,
+                              initializer=builder.initializers)
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="caffe-surgery",
                               ir_version=helper.find_min_ir_version_for(opsets))
-    onnx.checker.check_model(model, full_check=True)
-    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    if check:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     return model
 
 

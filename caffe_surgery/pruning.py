@@ -57,9 +57,10 @@ def gather(model: Model, stats: Statistics, groups: Groups, batches, runtime_opt
     """Stream batches through onnxruntime with the statistics' taps and accumulate them."""
     from .runtime import Runtime
 
-    runtime = Runtime(model.net, model.shapes, taps=list(stats.taps.values()), outputs=(), **runtime_options)
+    runtime = Runtime(model.net, model.shapes, taps=stats.full_taps, summaries=stats.summaries, outputs=(),
+                      **runtime_options)
     for images, _labels in batches:
-        stats.update(runtime.run(images), groups)
+        stats.update(runtime.run(images), groups, len(images))
     return stats
 
 

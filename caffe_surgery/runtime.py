@@ -13,7 +13,8 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import CaffeSurgeryError, ShapeError
-from .graph import Net
+from .export.summaries import summary_name
+from .graph import BlobVersion, Net
 from .onnx_export import BlobSpec, export_onnx, graph_outputs, tensor_names
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -40,21 +41,25 @@ class Runtime:
 
     def __init__(self, net: Net, shapes, *, taps: Iterable[BlobSpec] = (), device: str = "auto",
                  threads: int | None = None, batch_size: int | None = None,
-                 outputs: Iterable[BlobSpec] | None = None):
-        """``shapes``, ``taps`` and ``outputs`` as for ``export_onnx`` (``outputs=()``: the taps only);
-        ``threads`` sets intra-op threads; ``batch_size`` caps the samples per session call (bigger
-        inputs run in chunks)."""
+                 outputs: Iterable[BlobSpec] | None = None, summaries: Iterable[BlobSpec] = ()):
+        """``shapes``, ``taps``, ``outputs`` and ``summaries`` as for ``export_onnx`` (``outputs=()``: the
+        taps only; a summary comes back as ``<key>/channel_stats``, summed per batch); ``threads`` sets
+        intra-op threads; ``batch_size`` caps the samples per session call (bigger inputs run in chunks)."""
         taps = list(taps)
         outputs = None if outputs is None else list(outputs)
+        summaries = [s if isinstance(s, BlobVersion) else net.resolve(s) for s in summaries]
         self.outputs = graph_outputs(net, taps, outputs)
-        model = export_onnx(net, shapes, dynamic_batch=True, taps=taps, outputs=outputs)
+        model = export_onnx(net, shapes, dynamic_batch=True, taps=taps, outputs=outputs, summaries=summaries,
+                            check=False)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device))
         names = tensor_names(net)
         self._keys = {names[v]: v.key for v in self.outputs}
+        self._keys.update({summary_name(names[v]): summary_name(v.key) for v in summaries})
         self._joins = {self._keys[o.name]: _join_rule(o.shape) for o in self.session.get_outputs()}
+        self._joins.update({summary_name(v.key): "sum" for v in summaries})
         self.inputs = {i.name: tuple(i.shape) for i in self.session.get_inputs()}
         self.batch_size = batch_size
 
@@ -92,8 +97,9 @@ class Runtime:
             raise CaffeSurgeryError(f"outputs {', '.join(mixed)} mix the samples of a batch; "
                                     f"they cannot be computed in chunks of {step}")
         chunks = [self._run({k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, count, step)]
-        return {key: chunks[0][key] if self._joins[key] == "constant" else np.concatenate([c[key] for c in chunks])
-                for key in chunks[0]}
+        joined = {"constant": lambda parts: parts[0], "sum": lambda parts: np.sum(parts, axis=0),
+                  "concat": np.concatenate}
+        return {key: joined[self._joins[key]]([c[key] for c in chunks]) for key in chunks[0]}
 
     def _run(self, feeds: Arrays) -> Arrays:
         values = self.session.run(list(self._keys), feeds)
@@ -122,7 +128,8 @@ class Runtime:
 
 def _join_rule(shape: list) -> str:
     """How chunked results of an output join: 'concat' along the batch, 'constant' (a static dim 0, e.g.
-    PriorBox: every chunk gives the same) or 'mixed' (a 0-axis value over the whole batch)."""
+    PriorBox: every chunk gives the same) or 'mixed' (a 0-axis value over the whole batch). Channel
+    summaries are added up ('sum')."""
     if not shape:
         return "mixed"
     return "constant" if isinstance(shape[0], int) else "concat"

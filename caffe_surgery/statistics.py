@@ -14,11 +14,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import CaffeSurgeryError
+from .export.summaries import summary_name
 from .graph import BlobVersion, Net
 from .groups import ELEMENTWISE, Group, Groups
 from .io import atomic_write
 
 FOLLOWED = ELEMENTWISE + ("BatchNorm", "Scale", "Bias", "PReLU")
+
+
+def channel_summary(activation: np.ndarray) -> np.ndarray:
+    """(3, C): per channel (axis 1) the sum, the sum of squares and the count of values <= 0."""
+    axes = (0,) + tuple(range(2, activation.ndim))
+    values = activation.astype(np.float64)
+    return np.stack([values.sum(axis=axes), (values * values).sum(axis=axes), (values <= 0).sum(axis=axes)])
 
 
 @dataclass
@@ -38,11 +46,14 @@ class ChannelStats:
 
     def update(self, activation: np.ndarray) -> None:
         """Add a batch (N, C, ...) of activations."""
-        values = np.moveaxis(activation, 1, -1).reshape(-1, self.channels).astype(np.float64)
-        self.count += values.shape[0]
-        self.total += values.sum(axis=0)
-        self.squares += np.einsum("ij,ij->j", values, values)
-        self.zeros += (values <= 0).sum(axis=0)
+        self.add(channel_summary(activation), activation.size // self.channels)
+
+    def add(self, summary: np.ndarray, count: int) -> None:
+        """Add a (3, C) summary (sums, sums of squares, counts of values <= 0) of ``count`` values per channel."""
+        self.count += count
+        self.total += summary[0]
+        self.squares += summary[1]
+        self.zeros += np.rint(summary[2]).astype(np.int64)
 
     def mean(self) -> np.ndarray:
         return self.total / max(self.count, 1)
@@ -130,6 +141,7 @@ class Statistics:
     wins: dict[int, WinStats] = field(default_factory=dict)
     win_taps: dict[int, list[str]] = field(default_factory=dict)
     taps: dict[str, BlobVersion] = field(default_factory=dict)
+    positions: dict[str, int] = field(default_factory=dict)
     samples: int = 0
 
     @classmethod
@@ -144,6 +156,7 @@ class Statistics:
                     stats.taps[tap.key] = tap
                     stats.tap_index[tap.key] = groups.layouts[tap][0].index[:, 0]
                     stats.channels[tap.key] = ChannelStats(int(shapes.blob(tap)[1]))
+                    stats.positions[tap.key] = int(np.prod(shapes.blob(tap)[2:], dtype=np.int64))
                     stats.group_taps.setdefault(group.id, []).append(tap.key)
             if maxout and group.maxout is not None:
                 taps = _win_taps(net, group)
@@ -155,12 +168,21 @@ class Statistics:
     def channel_taps(self, group_id: int) -> list[str]:
         return self.group_taps.get(group_id, [])
 
-    def update(self, outputs: dict[str, np.ndarray], groups: Groups) -> None:
-        """Add one batch of tapped activations (keyed by blob key)."""
-        first = next(iter(outputs.values()))
-        self.samples += first.shape[0]
+    @property
+    def summaries(self) -> list[BlobVersion]:
+        """Blobs whose per-channel summaries the runtime computes (channel statistics)."""
+        return [self.taps[key] for key in self.channels]
+
+    @property
+    def full_taps(self) -> list[BlobVersion]:
+        """Blobs the runtime returns whole (maxout win counting)."""
+        return [self.taps[key] for keys in self.win_taps.values() for key in keys]
+
+    def update(self, outputs: dict[str, np.ndarray], groups: Groups, samples: int) -> None:
+        """Add one batch: runtime outputs with the channel summaries and the maxout taps."""
+        self.samples += samples
         for key, channel_stats in self.channels.items():
-            channel_stats.update(outputs[key])
+            channel_stats.add(outputs[summary_name(key)], samples * self.positions[key])
         for gid, win_stats in self.wins.items():
             win_stats.update(_unit_inputs([outputs[k] for k in self.win_taps[gid]], groups.groups[gid]))
 

@@ -10,7 +10,8 @@ runs every figure once), so a drift of the machine hits all figures alike:
 
 * ``ort``: ``Runtime(net, shapes)`` on batches already decoded in memory (the ceiling);
 * ``ort+taps``: the same session with the statistics' taps as its only outputs;
-* ``ort+taps+stats``: plus ``Statistics.update`` per batch (still in-memory batches);
+* ``ort+taps+stats``: per-channel summaries computed in the graph, plus ``Statistics.update`` per batch
+  (still in-memory batches);
 * ``relevance``: what ``caffe-surgery relevance`` runs: ``pruning.gather`` over
   ``dataflow.batches`` of an LMDB source (Datum decode + transform on the
   prefetch thread), timed from the first batch requested to the end (the
@@ -207,8 +208,9 @@ def measure_net(net: BenchNet, lmdb_path: Path, images: int, batch: int, repeats
 
     plain = Runtime(model.net, model.shapes, **options)
     plain.run(warm)
-    taps = list(new_stats().taps.values())
-    tapped = Runtime(model.net, model.shapes, taps=taps, outputs=(), **options)
+    planned = new_stats()
+    tapped = Runtime(model.net, model.shapes, taps=planned.full_taps, summaries=planned.summaries, outputs=(),
+                     **options)
     tapped.run(warm)
 
     def run_plain():
@@ -222,7 +224,7 @@ def measure_net(net: BenchNet, lmdb_path: Path, images: int, batch: int, repeats
     def run_taps_stats():
         running = new_stats()
         for images_batch in memory:
-            running.update(tapped.run(images_batch), groups)
+            running.update(tapped.run(images_batch), groups, len(images_batch))
 
     runners = {"ort": run_plain, "ort+taps": run_taps, "ort+taps+stats": run_taps_stats}
     if opencv:

@@ -7,7 +7,7 @@ import pytest
 from caffe_surgery.errors import CaffeSurgeryError, ShapeError
 from caffe_surgery.model import load_model
 from caffe_surgery.runtime import Runtime, providers_for
-from caffe_surgery.statistics import ChannelStats
+from caffe_surgery.statistics import ChannelStats, channel_summary
 from conftest import REAL_MODELS
 from netgen import generate
 
@@ -143,3 +143,16 @@ def test_statistics_gathered_batch_by_batch_equal_those_of_all_values(conv_pool)
         np.testing.assert_allclose(stats[key].mean_square(), (per_channel ** 2).mean(1), rtol=1e-5, atol=1e-9)
         np.testing.assert_array_equal(stats[key].zero_fraction(), (per_channel <= 0).mean(1))
     assert stats["fc@drop"].zero_fraction().max() > 0  # after the ReLU
+
+
+def test_channel_summaries_computed_in_the_graph_equal_numpy_in_chunks(conv_pool):
+    generated, model = conv_pool
+    runtime = Runtime(model.net, model.shapes, taps=["conv1@relu1"], summaries=["conv1@relu1", "fc@drop"],
+                      outputs=(), batch_size=3)
+    images = np.random.default_rng(1).standard_normal((8, 3, 13, 11)).astype(np.float32)
+    results = runtime.run(images)
+    assert set(results) == {"conv1@relu1", "conv1@relu1/channel_stats", "fc@drop/channel_stats"}
+    expected = channel_summary(results["conv1@relu1"])
+    np.testing.assert_allclose(results["conv1@relu1/channel_stats"][:2], expected[:2], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(results["conv1@relu1/channel_stats"][2], expected[2])
+    assert results["fc@drop/channel_stats"].shape == (3, model.shapes.blob(model.net.resolve("fc@drop"))[1])

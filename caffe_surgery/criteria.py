@@ -30,6 +30,7 @@ class Criterion:
     needs_data: bool
     score: Callable[[Net, Groups, Group, Statistics | None], np.ndarray] | None
     summary: str
+    summary_kinds: tuple[str, ...] = ()
 
 
 CRITERIA: dict[str, Criterion] = {
@@ -40,10 +41,10 @@ CRITERIA: dict[str, Criterion] = {
 }
 
 
-def criterion(name: str, needs_data: bool, summary: str):
-    """Register a scoring function under ``name``."""
+def criterion(name: str, needs_data: bool, summary: str, summary_kinds: tuple[str, ...] = ()):
+    """Register a scoring function under ``name`` (``summary_kinds``: the per-channel sums it reads)."""
     def register(fn):
-        CRITERIA[name] = Criterion(name, needs_data, fn, summary)
+        CRITERIA[name] = Criterion(name, needs_data, fn, summary, summary_kinds)
         return fn
     return register
 
@@ -112,17 +113,19 @@ def _channel_stat(groups: Groups, group: Group, stats: Statistics, value: Callab
     return scores / np.maximum(seen, 1)
 
 
-@criterion("mean-activation", True, "mean activation of a channel over samples and positions")
+@criterion("mean-activation", True, "mean activation of a channel over samples and positions", ("sum",))
 def mean_activation(net, groups, group, stats):
     return _channel_stat(groups, group, stats, lambda c: c.mean())
 
 
-@criterion("activation-l2", True, "root mean square of a channel's activation over samples and positions")
+@criterion("activation-l2", True, "root mean square of a channel's activation over samples and positions",
+           ("squares",))
 def activation_l2(net, groups, group, stats):
     return _channel_stat(groups, group, stats, lambda c: np.sqrt(c.mean_square()))
 
 
-@criterion("apoz", True, "1 - average percentage of zeros after the activation (APoZ: more zeros, less relevant)")
+@criterion("apoz", True, "1 - average percentage of zeros after the activation (APoZ: more zeros, less relevant)",
+           ("zeros",))
 def apoz(net, groups, group, stats):
     return 1.0 - _channel_stat(groups, group, stats, lambda c: c.zero_fraction())
 

@@ -18,7 +18,7 @@ from onnx import helper
 from .errors import GraphError, UnsupportedLayerError
 from .export import CONVERTERS, DATA_TYPES, is_dropped, supported_types
 from .export.context import GraphBuilder, LayerContext
-from .export.summaries import add_channel_summary
+from .export.summaries import KINDS, add_channel_summary
 from .graph import BlobVersion, Layer, Net
 from .io import atomic_write
 
@@ -87,13 +87,14 @@ def needed_layers(net: Net, targets: Sequence[BlobVersion]) -> list[Layer]:
 
 def export_onnx(net: Net, shapes, *, opset: int = 17, dynamic_batch: bool = False,
                 taps: Iterable[BlobSpec] = (), outputs: Iterable[BlobSpec] | None = None,
-                summaries: Iterable[BlobSpec] = (), check: bool = True) -> onnx.ModelProto:
+                summaries: Iterable[BlobSpec] = (), summary_kinds: tuple[str, ...] = KINDS,
+                check: bool = True) -> onnx.ModelProto:
     """Convert ``net`` to an ONNX model that passes the full checker and strict shape inference.
 
     ``shapes`` needs only ``shapes.blob(version) -> tuple``. ``outputs`` (blob versions or
     ``name``/``name@layer`` specs) restricts the graph to what they need, default the net's deploy
-    outputs; ``taps`` are extra outputs; ``summaries`` are blobs whose per-channel sums, sums of
-    squares and counts of values <= 0 become extra (3, C) outputs (see ``export.summaries``). With
+    outputs; ``taps`` are extra outputs; ``summaries`` are blobs whose per-channel ``summary_kinds``
+    (sums, sums of squares, counts of values <= 0) become extra outputs (see ``export.summaries``). With
     ``dynamic_batch`` dim 0 of the inputs is symbolic. ``check=False`` skips the checker and shape
     inference (for sessions built in memory, where onnxruntime validates the graph itself).
     """
@@ -110,7 +111,7 @@ def export_onnx(net: Net, shapes, *, opset: int = 17, dynamic_batch: bool = Fals
     for layer in layers:
         CONVERTERS[layer.type](LayerContext(builder, layer))
     declared = [builder.value_info(names[v], shapes.blob(v), None) for v in targets]
-    declared += [add_channel_summary(builder, v) for v in summarised]
+    declared += [add_channel_summary(builder, v, summary_kinds) for v in summarised]
     graph = helper.make_graph(builder.nodes, net.name or "caffe_net", builder.inputs, declared,
                               initializer=builder.initializers)
     opsets = [helper.make_opsetid("", opset)]

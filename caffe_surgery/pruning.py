@@ -48,17 +48,18 @@ def chosen_groups(groups: Groups, layers: list[str] | None, maxout_only: bool = 
 
 
 def statistics_plan(model: Model, groups: Groups, group_list: list[Group], criterion: Criterion) -> Statistics:
-    """The taps and accumulators a data-driven criterion needs."""
+    """The taps and accumulators a data-driven criterion needs (channel sums always, for compensation)."""
     wins = criterion.name == "maxout-wins"
-    return Statistics.for_groups(model.net, groups, group_list, model.shapes, channels=not wins, maxout=wins)
+    return Statistics.for_groups(model.net, groups, group_list, model.shapes, channels=not wins, maxout=wins,
+                                 kinds=("sum",) + criterion.summary_kinds)
 
 
 def gather(model: Model, stats: Statistics, groups: Groups, batches, runtime_options: dict) -> Statistics:
     """Stream batches through onnxruntime with the statistics' taps and accumulate them."""
     from .runtime import Runtime
 
-    runtime = Runtime(model.net, model.shapes, taps=stats.full_taps, summaries=stats.summaries, outputs=(),
-                      **runtime_options)
+    runtime = Runtime(model.net, model.shapes, taps=stats.full_taps, summaries=stats.summaries,
+                      summary_kinds=stats.kinds, outputs=(), **runtime_options)
     for images, _labels in batches:
         stats.update(runtime.run(images), groups, len(images))
     return stats

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import CaffeSurgeryError, ShapeError
-from .export.summaries import summary_name
+from .export.summaries import KINDS, summary_name
 from .graph import BlobVersion, Net
 from .onnx_export import BlobSpec, export_onnx, graph_outputs, tensor_names
 
@@ -41,7 +41,8 @@ class Runtime:
 
     def __init__(self, net: Net, shapes, *, taps: Iterable[BlobSpec] = (), device: str = "auto",
                  threads: int | None = None, batch_size: int | None = None,
-                 outputs: Iterable[BlobSpec] | None = None, summaries: Iterable[BlobSpec] = ()):
+                 outputs: Iterable[BlobSpec] | None = None, summaries: Iterable[BlobSpec] = (),
+                 summary_kinds: tuple[str, ...] = KINDS):
         """``shapes``, ``taps``, ``outputs`` and ``summaries`` as for ``export_onnx`` (``outputs=()``: the
         taps only; a summary comes back as ``<key>/channel_stats``, summed per batch); ``threads`` sets
         intra-op threads; ``batch_size`` caps the samples per session call (bigger inputs run in chunks)."""
@@ -50,7 +51,7 @@ class Runtime:
         summaries = [s if isinstance(s, BlobVersion) else net.resolve(s) for s in summaries]
         self.outputs = graph_outputs(net, taps, outputs)
         model = export_onnx(net, shapes, dynamic_batch=True, taps=taps, outputs=outputs, summaries=summaries,
-                            check=False)
+                            summary_kinds=summary_kinds, check=False)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import CaffeSurgeryError
-from .export.summaries import summary_name
+from .export.summaries import KINDS, summary_name
 from .graph import BlobVersion, Net
 from .groups import ELEMENTWISE, Group, Groups
 from .io import atomic_write
@@ -34,6 +34,7 @@ class ChannelStats:
     """Per-channel count of values, sum, sum of squares and number of exact zeros (or negatives)."""
 
     channels: int
+    kinds: tuple[str, ...] = KINDS
     count: int = 0
     total: np.ndarray = None
     squares: np.ndarray = None
@@ -46,23 +47,35 @@ class ChannelStats:
 
     def update(self, activation: np.ndarray) -> None:
         """Add a batch (N, C, ...) of activations."""
-        self.add(channel_summary(activation), activation.size // self.channels)
+        self.add(channel_summary(activation), activation.size // self.channels, KINDS)
 
-    def add(self, summary: np.ndarray, count: int) -> None:
-        """Add a (3, C) summary (sums, sums of squares, counts of values <= 0) of ``count`` values per channel."""
+    def add(self, summary: np.ndarray, count: int, kinds: tuple[str, ...]) -> None:
+        """Add a summary of ``count`` values per channel: one row per kind (sum, squares, zeros)."""
         self.count += count
-        self.total += summary[0]
-        self.squares += summary[1]
-        self.zeros += np.rint(summary[2]).astype(np.int64)
+        rows = dict(zip(kinds, summary))
+        if "sum" in rows:
+            self.total += rows["sum"]
+        if "squares" in rows:
+            self.squares += rows["squares"]
+        if "zeros" in rows:
+            self.zeros += np.rint(rows["zeros"]).astype(np.int64)
+
+    def _gathered(self, kind: str) -> None:
+        if kind not in self.kinds:
+            raise CaffeSurgeryError(f"these statistics hold no '{kind}' per channel (gathered: "
+                                    f"{', '.join(self.kinds)}); gather them for this criterion")
 
     def mean(self) -> np.ndarray:
+        self._gathered("sum")
         return self.total / max(self.count, 1)
 
     def mean_square(self) -> np.ndarray:
+        self._gathered("squares")
         return self.squares / max(self.count, 1)
 
     def zero_fraction(self) -> np.ndarray:
         """APoZ: the fraction of values that are zero (or below, before an activation)."""
+        self._gathered("zeros")
         return self.zeros / max(self.count, 1)
 
 
@@ -142,20 +155,21 @@ class Statistics:
     win_taps: dict[int, list[str]] = field(default_factory=dict)
     taps: dict[str, BlobVersion] = field(default_factory=dict)
     positions: dict[str, int] = field(default_factory=dict)
+    kinds: tuple[str, ...] = KINDS
     samples: int = 0
 
     @classmethod
     def for_groups(cls, net: Net, groups: Groups, group_list: list[Group], shapes, *, channels: bool = True,
-                   maxout: bool = False) -> "Statistics":
-        """Plan the taps for the given groups: channel statistics and/or maxout win counts."""
-        stats = cls()
+                   maxout: bool = False, kinds: tuple[str, ...] = KINDS) -> "Statistics":
+        """Plan the taps for the given groups: channel statistics (of ``kinds``) and/or maxout win counts."""
+        stats = cls(kinds=tuple(k for k in KINDS if k in kinds))
         for group in group_list:
             if channels:
                 for producer in group.producers:
                     tap = activation_tap(net, net.layer(producer).tops[0])
                     stats.taps[tap.key] = tap
                     stats.tap_index[tap.key] = groups.layouts[tap][0].index[:, 0]
-                    stats.channels[tap.key] = ChannelStats(int(shapes.blob(tap)[1]))
+                    stats.channels[tap.key] = ChannelStats(int(shapes.blob(tap)[1]), stats.kinds)
                     stats.positions[tap.key] = int(np.prod(shapes.blob(tap)[2:], dtype=np.int64))
                     stats.group_taps.setdefault(group.id, []).append(tap.key)
             if maxout and group.maxout is not None:
@@ -182,7 +196,7 @@ class Statistics:
         """Add one batch: runtime outputs with the channel summaries and the maxout taps."""
         self.samples += samples
         for key, channel_stats in self.channels.items():
-            channel_stats.add(outputs[summary_name(key)], samples * self.positions[key])
+            channel_stats.add(outputs[summary_name(key)], samples * self.positions[key], self.kinds)
         for gid, win_stats in self.wins.items():
             win_stats.update(_unit_inputs([outputs[k] for k in self.win_taps[gid]], groups.groups[gid]))
 

@@ -209,8 +209,8 @@ def measure_net(net: BenchNet, lmdb_path: Path, images: int, batch: int, repeats
     plain = Runtime(model.net, model.shapes, **options)
     plain.run(warm)
     planned = new_stats()
-    tapped = Runtime(model.net, model.shapes, taps=planned.full_taps, summaries=planned.summaries, outputs=(),
-                     **options)
+    tapped = Runtime(model.net, model.shapes, taps=planned.full_taps, summaries=planned.summaries,
+                     summary_kinds=planned.kinds, outputs=(), **options)
     tapped.run(warm)
 
     def run_plain():

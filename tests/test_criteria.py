@@ -75,7 +75,8 @@ def test_activation_statistics_equal_numpy_on_the_tapped_blob():
     model = _model("grouped_depthwise_bn")
     groups = build_groups(model.net, model.shapes)
     group = groups.of_layer("conv1")
-    stats = statistics_plan(model, groups, [group], get_criterion("mean-activation"))
+    stats = statistics_plan(model, groups, [group], get_criterion("apoz"))
+    assert stats.kinds == ("sum", "zeros"), "only the reductions the criterion (and compensation) read"
     (tap,) = stats.taps.values()
     assert tap.key == "conv1@prelu1", "statistics are taken after the per-channel layers, at the activation"
     rng = np.random.default_rng(1)
@@ -87,6 +88,8 @@ def test_activation_statistics_equal_numpy_on_the_tapped_blob():
                                activations.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(score(model, groups, [group], get_criterion("apoz"), stats)[group.id],
                                1 - (activations <= 0).mean(axis=(0, 2, 3)))
+    with pytest.raises(CaffeSurgeryError, match="hold no 'squares' per channel"):
+        score(model, groups, [group], get_criterion("activation-l2"), stats)
 
 
 SIMILAR = """

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import caffe_pb2
 from .errors import ParseError
+from .wire import VARINT, encode_varint, field_key, length_delimited
 
 _RAW_DTYPES = {
     caffe_pb2.DOUBLE: np.dtype("<f8"),
@@ -64,22 +65,6 @@ def blob_to_array(blob: caffe_pb2.BlobProto, data: np.ndarray | None = None) -> 
     return values.reshape(shape)
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _length_delimited(field_number: int, payload: bytes) -> bytes:
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def array_to_blob(array: np.ndarray, shape: tuple[int, ...] | None = None) -> caffe_pb2.BlobProto:
     """Build a float32 BlobProto (``shape`` + packed ``data``) from an array.
 
@@ -90,15 +75,11 @@ def array_to_blob(array: np.ndarray, shape: tuple[int, ...] | None = None) -> ca
     values = np.ascontiguousarray(array, dtype="<f4")
     if int(np.prod(dims)) != values.size:
         raise ValueError(f"shape {dims} does not fit {values.size} values")
-    shape_payload = _length_delimited(1, b"".join(_varint(d) for d in dims)) if dims else b""
-    payload = _length_delimited(7, shape_payload) + _length_delimited(5, values.tobytes())
+    shape_payload = length_delimited(1, b"".join(encode_varint(d) for d in dims)) if dims else b""
+    payload = length_delimited(7, shape_payload) + length_delimited(5, values.tobytes())
     blob = caffe_pb2.BlobProto()
     blob.ParseFromString(payload)
     return blob
-
-
-def _varint_field(field_number: int, value: int) -> bytes:
-    return _varint(field_number << 3) + _varint(value)
 
 
 def to_float32_blob(blob: caffe_pb2.BlobProto) -> caffe_pb2.BlobProto:
@@ -110,10 +91,10 @@ def to_float32_blob(blob: caffe_pb2.BlobProto) -> caffe_pb2.BlobProto:
     values = blob_to_array(blob)
     if not is_legacy_shape(blob):
         return array_to_blob(values)
-    dims = b"".join(_varint_field(number, getattr(blob, name))
+    dims = b"".join(field_key(number, VARINT) + encode_varint(getattr(blob, name))
                     for number, name in ((1, "num"), (2, "channels"), (3, "height"), (4, "width")))
     out = caffe_pb2.BlobProto()
-    out.ParseFromString(dims + _length_delimited(5, np.ascontiguousarray(values, dtype="<f4").tobytes()))
+    out.ParseFromString(dims + length_delimited(5, np.ascontiguousarray(values, dtype="<f4").tobytes()))
     return out
 
 

@@ -15,6 +15,7 @@ from google.protobuf import message, text_format
 from . import caffe_pb2, textproto
 from .blobs import blob_to_array
 from .errors import ParseError
+from .wire import FIXED32, FIXED64, LENGTH, VARINT, encode_varint
 
 
 def _read_bytes(path: str | os.PathLike) -> bytes:
@@ -69,16 +70,6 @@ _NET_V1_LAYERS = caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name["layers"].numb
 _LAYER_BLOBS = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name["blobs"].number
 _BLOB_DATA = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["data"].number
 _BLOB_DIFF = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["diff"].number
-_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 class _Wire:
@@ -132,20 +123,20 @@ class _Wire:
         """(field number, wire type, the key's bytes as they are re-encoded)."""
         key = self.varint()
         number, wire = key >> 3, key & 7
-        if number == 0 or wire not in (_VARINT, _FIXED64, _LENGTH, _FIXED32):
+        if number == 0 or wire not in (VARINT, FIXED64, LENGTH, FIXED32):
             raise _NotPlain  # groups (deprecated) and garbage: let protobuf judge
-        return number, wire, _encode_varint(key)
+        return number, wire, encode_varint(key)
 
     def rest_of_field(self, wire: int) -> bytes:
         """The value bytes of a field whose key was just read, as stored."""
-        if wire == _VARINT:
-            return _encode_varint(self.varint())
-        if wire == _FIXED64:
+        if wire == VARINT:
+            return encode_varint(self.varint())
+        if wire == FIXED64:
             return self.take(8)
-        if wire == _FIXED32:
+        if wire == FIXED32:
             return self.take(4)
         length = self.varint()
-        return _encode_varint(length) + self.take(length)
+        return encode_varint(length) + self.take(length)
 
 
 def _read_blob(wire: _Wire, end: int) -> tuple[caffe_pb2.BlobProto, np.ndarray | None]:
@@ -154,7 +145,7 @@ def _read_blob(wire: _Wire, end: int) -> tuple[caffe_pb2.BlobProto, np.ndarray |
     while wire.pos < end:
         number, kind, key = wire.field()
         if number == _BLOB_DATA:
-            if kind != _LENGTH:
+            if kind != LENGTH:
                 raise _NotPlain
             length = wire.varint()
             if length % 4:
@@ -162,7 +153,7 @@ def _read_blob(wire: _Wire, end: int) -> tuple[caffe_pb2.BlobProto, np.ndarray |
             chunk = np.empty(length // 4, dtype="<f4")
             wire.fill(chunk)
             chunks.append(chunk)
-        elif number == _BLOB_DIFF and kind == _LENGTH:
+        elif number == _BLOB_DIFF and kind == LENGTH:
             wire.skip(wire.varint())  # gradients: never used, never kept
         else:
             rest.append(key + wire.rest_of_field(kind))
@@ -182,7 +173,7 @@ def _read_layer(wire: _Wire, end: int) -> tuple[caffe_pb2.LayerParameter, list]:
     rest, blobs = [], []
     while wire.pos < end:
         number, kind, key = wire.field()
-        if number == _LAYER_BLOBS and kind == _LENGTH:
+        if number == _LAYER_BLOBS and kind == LENGTH:
             length = wire.varint()
             blobs.append(_read_blob(wire, wire.pos + length))
         else:
@@ -222,7 +213,7 @@ def read_weight_layers(path: str | os.PathLike):
                 number, kind, key = wire.field()
                 if number == _NET_V1_LAYERS:
                     return None
-                if number == _NET_LAYER and kind == _LENGTH:
+                if number == _NET_LAYER and kind == LENGTH:
                     length = wire.varint()
                     layers.append(_read_layer(wire, wire.pos + length))
                 else:

@@ -12,21 +12,9 @@ from . import caffe_pb2
 from .blobs import to_float32_blob
 from .graph import Net
 from .io import atomic_write, write_text
+from .wire import FIXED32, FIXED64, LENGTH, VARINT, decode_varint, encode_varint, field_key, length_delimited
 
 _LAYER_FIELD = caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name["layer"].number
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _layer_record(payload: bytes) -> bytes:
-    return _varint(_LAYER_FIELD << 3 | 2) + _varint(len(payload)) + payload
 
 
 def save_prototxt(net: Net, path: str | os.PathLike) -> None:
@@ -36,21 +24,10 @@ def save_prototxt(net: Net, path: str | os.PathLike) -> None:
 
 _BLOBS_FIELD = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name["blobs"].number
 _KNOWN_LAYER_FIELDS = frozenset(caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_number)
-_DATA_KEY = _varint(caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["data"].number << 3 | 2)
-_SHAPE_KEY = _varint(caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["shape"].number << 3 | 2)
-_DIM_KEY = _varint(caffe_pb2.BlobShape.DESCRIPTOR.fields_by_name["dim"].number << 3 | 2)
-_BLOB_KEY = _varint(_BLOBS_FIELD << 3 | 2)
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
+_DATA_KEY = field_key(caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["data"].number)
+_SHAPE_KEY = field_key(caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name["shape"].number)
+_DIM_KEY = field_key(caffe_pb2.BlobShape.DESCRIPTOR.fields_by_name["dim"].number)
+_BLOB_KEY = field_key(_BLOBS_FIELD)
 
 
 def _blobs_position(serialized: bytes) -> int:
@@ -62,16 +39,16 @@ def _blobs_position(serialized: bytes) -> int:
     pos = 0
     while pos < len(serialized):
         start = pos
-        key, pos = _read_varint(serialized, pos)
+        key, pos = decode_varint(serialized, pos)
         number, wire = key >> 3, key & 7
         if number > _BLOBS_FIELD or number not in _KNOWN_LAYER_FIELDS:
             return start
         if wire == 0:
-            _, pos = _read_varint(serialized, pos)
+            _, pos = decode_varint(serialized, pos)
         elif wire == 1:
             pos += 8
         elif wire == 2:
-            length, pos = _read_varint(serialized, pos)
+            length, pos = decode_varint(serialized, pos)
             pos += length
         elif wire == 5:
             pos += 4
@@ -84,12 +61,12 @@ def _blob_chunks(array) -> tuple[list, int]:
     """The wire bytes of ``array_to_blob(array)`` as serialized, the values as a view: (chunks, size)."""
     values = np.ascontiguousarray(array, dtype="<f4")
     dims = np.shape(array)
-    packed = b"".join(_varint(int(d)) for d in dims)
-    shape = _DIM_KEY + _varint(len(packed)) + packed if dims else b""
-    tail = _SHAPE_KEY + _varint(len(shape)) + shape
+    packed = b"".join(encode_varint(int(d)) for d in dims)
+    shape = _DIM_KEY + encode_varint(len(packed)) + packed if dims else b""
+    tail = _SHAPE_KEY + encode_varint(len(shape)) + shape
     if not values.size:
         return [tail], len(tail)
-    head = _DATA_KEY + _varint(values.nbytes)
+    head = _DATA_KEY + encode_varint(values.nbytes)
     view = memoryview(values.reshape(-1)).cast("B")
     return [head, view, tail], len(head) + values.nbytes + len(tail)
 
@@ -110,12 +87,12 @@ def _caffemodel_chunks(net: Net):
         chunks, size = [own[:split]], split
         for array in layer.blobs:
             blob, blob_size = _blob_chunks(array)
-            head = _BLOB_KEY + _varint(blob_size)
+            head = _BLOB_KEY + encode_varint(blob_size)
             chunks += [head, *blob]
             size += len(head) + blob_size
         chunks.append(own[split:])
         size += len(own) - split
-        yield _varint(_LAYER_FIELD << 3 | 2) + _varint(size)
+        yield field_key(_LAYER_FIELD) + encode_varint(size)
         yield from chunks
 
 
@@ -142,6 +119,6 @@ def save_float32_weights(weights: caffe_pb2.NetParameter, path: str | os.PathLik
             del record.blobs[:]
             for blob in layer.blobs:
                 record.blobs.append(to_float32_blob(blob))
-            yield _layer_record(record.SerializeToString())
+            yield length_delimited(_LAYER_FIELD, record.SerializeToString())
 
     atomic_write(path, chunks())

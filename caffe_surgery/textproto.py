@@ -13,6 +13,8 @@ import re
 
 from google.protobuf import message, text_encoding, text_format
 
+from .wire import length_delimited
+
 PRESERVED_FIELD = 536870911  # the largest field number, never used by the schema
 _UNKNOWN_FIELD = re.compile(r'has no field named "(\w+)"')
 _PRESERVED_LINE = re.compile(rf'^(\s*){PRESERVED_FIELD}: "(.*)"$')
@@ -75,16 +77,7 @@ def _submessage(root: message.Message, path: list[tuple[str, int]]) -> message.M
 
 
 def _preserve(target: message.Message, snippet: str) -> None:
-    payload = snippet.encode("utf-8")
-    tag = PRESERVED_FIELD << 3 | 2
-    encoded = bytearray()
-    for value in (tag, len(payload)):
-        while True:
-            byte, value = value & 0x7F, value >> 7
-            encoded.append(byte | (0x80 if value else 0))
-            if not value:
-                break
-    target.MergeFromString(bytes(encoded) + payload)
+    target.MergeFromString(length_delimited(PRESERVED_FIELD, snippet.encode("utf-8")))
 
 
 def parse(text: str, proto: message.Message) -> list[str]:

@@ -26,6 +26,7 @@ import numpy as np
 from caffe_surgery import caffe_pb2
 from caffe_surgery.graph import build_net
 from caffe_surgery.io import read_net_text
+from caffe_surgery.wire import encode_varint, field_key
 from caffe_surgery.shapes import infer_shapes
 from caffe_surgery.upgrade import upgrade_net
 
@@ -198,25 +199,12 @@ NETS = ("lenet", "cifar10_full", "cifar_vgg", "resnet18", "vgg16")
 
 # ------------------------------------------------------------------------------- weights
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _key(field: int, wire: int = 2) -> bytes:
-    return _varint(field << 3 | wire)
-
-
 def _blob_head(shape: tuple[int, ...]) -> tuple[bytes, int]:
     """The bytes of a float32 BlobProto before its packed values, and the blob's total size."""
-    dims = b"".join(_key(_DIM_FIELD, 0) + _varint(d) for d in shape)
-    shape_part = _key(_SHAPE_FIELD) + _varint(len(dims)) + dims
+    dims = b"".join(field_key(_DIM_FIELD, 0) + encode_varint(d) for d in shape)
+    shape_part = field_key(_SHAPE_FIELD) + encode_varint(len(dims)) + dims
     values = 4 * int(np.prod(shape, dtype=np.int64))
-    head = shape_part + _key(_DATA_FIELD) + _varint(values)
+    head = shape_part + field_key(_DATA_FIELD) + encode_varint(values)
     return head, len(head) + values
 
 
@@ -263,10 +251,10 @@ def write_caffemodel(prototxt: str | os.PathLike, path: str | os.PathLike, seed:
             param_shapes = [tuple(int(d) for d in s) for s in (shapes.layer(layer.name).param_shapes or [])]
             own = layer.param.SerializeToString()
             heads = [_blob_head(s) for s in param_shapes]
-            payload = len(own) + sum(len(_key(_BLOBS_FIELD)) + len(_varint(size)) + size for _, size in heads)
-            out.write(_key(_LAYER_FIELD) + _varint(payload) + own)
+            payload = len(own) + sum(len(field_key(_BLOBS_FIELD)) + len(encode_varint(size)) + size for _, size in heads)
+            out.write(field_key(_LAYER_FIELD) + encode_varint(payload) + own)
             for (shape, draw), (head, size) in zip(_draws(layer.type, param_shapes), heads):
-                out.write(_key(_BLOBS_FIELD) + _varint(size) + head)
+                out.write(field_key(_BLOBS_FIELD) + encode_varint(size) + head)
                 remaining = int(np.prod(shape, dtype=np.int64))
                 while remaining:
                     count = min(remaining, CHUNK_VALUES)

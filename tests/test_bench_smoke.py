@@ -90,7 +90,8 @@ from caffe_surgery.blobs import array_to_blob, blob_shape, blob_to_array, is_leg
 from caffe_surgery.errors import CaffeSurgeryError  # noqa: E402
 from caffe_surgery.io import read_net_text, read_weight_layers, read_weights  # noqa: E402
 from caffe_surgery.model import load_model, read_stored_weights, weights_by_layer  # noqa: E402
-from caffe_surgery.save import _layer_record, save_caffemodel  # noqa: E402
+from caffe_surgery.save import save_caffemodel  # noqa: E402
+from caffe_surgery.wire import length_delimited  # noqa: E402
 from caffe_surgery.upgrade import needs_upgrade, upgrade_net  # noqa: E402
 from conftest import REAL_MODELS  # noqa: E402
 
@@ -137,11 +138,6 @@ def test_streamed_weights_equal_the_whole_parse(path):
     _assert_same(path)
 
 
-def _ld(field, payload):
-    from caffe_surgery.io import _encode_varint
-    return _encode_varint(field << 3 | 2) + _encode_varint(len(payload)) + payload
-
-
 def test_streamed_weights_unusual_blobs_and_bad_files(tmp_path):
     weights = read_weights(SAMPLE.with_suffix(".caffemodel"))
     conv1, fc3 = (next(l for l in weights.layer if l.name == n) for n in ("conv1", "fc_3"))
@@ -166,7 +162,7 @@ def test_streamed_weights_unusual_blobs_and_bad_files(tmp_path):
     halves = caffe_pb2.BlobProto(data=[1, 2, 3]).SerializeToString() + caffe_pb2.BlobProto(data=[4, 5, 6]).SerializeToString()
     layer = caffe_pb2.LayerParameter(name="ip", type="InnerProduct").SerializeToString()
     split = tmp_path / "split.caffemodel"
-    split.write_bytes(_ld(100, layer + _ld(7, shape + halves)))
+    split.write_bytes(length_delimited(100, layer + length_delimited(7, shape + halves)))
     _assert_same(split)
     assert _streamed(split)["ip"][0][0].tolist() == [[1, 2, 3], [4, 5, 6]]
 
@@ -199,7 +195,7 @@ def _old_save_bytes(net):
         del record.blobs[:]
         for array in layer.blobs:
             record.blobs.append(array_to_blob(array))
-        chunks.append(_layer_record(record.SerializeToString()))
+        chunks.append(length_delimited(100, record.SerializeToString()))
     return b"".join(chunks)
 
 

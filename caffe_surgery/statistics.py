@@ -213,12 +213,17 @@ class Statistics:
     def save(self, path: str | os.PathLike, about: dict | None = None) -> None:
         """Write the statistics as an .npz (atomically)."""
         arrays = self.to_arrays()
-        for key, value in (about or {}).items():
+        for key, value in {**(about or {}), "kinds": ",".join(self.kinds)}.items():
             arrays[f"about/{key}"] = np.array(value)
         save_arrays(path, arrays)
 
     def load_arrays(self, arrays, source: str) -> None:
         """Replace the running values with those saved in ``arrays`` (from ``save``)."""
+        saved = str(arrays["about/kinds"]).split(",") if "about/kinds" in arrays else []
+        missing = [kind for kind in (self.kinds if self.channels else ()) if kind not in saved]
+        if missing:
+            raise CaffeSurgeryError(f"statistics file lacks the per-channel {', '.join(missing)} this criterion "
+                                    "reads: gather them with 'relevance --criterion' of this criterion", file=source)
         try:
             self.samples = int(arrays["samples"])
             for key, c in self.channels.items():

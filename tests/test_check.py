@@ -9,7 +9,7 @@ from caffe_surgery.check import check_files, check_model
 from caffe_surgery.graph import build_net
 from caffe_surgery.io import write_binary
 from caffe_surgery.shapes import infer_shapes
-from conftest import REAL_MODELS
+from conftest import REAL_MODELS, REAL_PAIRS
 
 pytest.importorskip("caffe_surgery.upgrade")
 
@@ -51,17 +51,6 @@ def write_pair(tmp_path):
         return str(tmp_path / "net.prototxt"), str(tmp_path / "net.caffemodel")
     return write
 
-
-REAL_PAIRS = [
-    ("lenet_v1_everpeace", "lenet.prototxt", "lenet_iter_10000.caffemodel"),
-    ("cifar10_quick_v1_everpeace", "cifar10_quick.prototxt", "cifar10_quick_iter_5000.caffemodel"),
-    ("cifar10_full_v1_everpeace", "cifar10_full.prototxt", "cifar10_full_iter_70000.caffemodel"),
-    ("mtcnn_det1", "det1.prototxt", "det1.caffemodel"),
-    ("mtcnn_det2", "det2.prototxt", "det2.caffemodel"),
-    ("ultraface_slim320", "slim-320.prototxt", "slim-320.caffemodel"),
-    ("landmark106_dq", "landmark106.prototxt", "landmark106.caffemodel"),
-    ("yufacedetectnet_v1", "yufacedetectnet-open-v1.prototxt", "yufacedetectnet-open-v1.caffemodel"),
-]
 
 
 @pytest.mark.parametrize("directory, prototxt, caffemodel", REAL_PAIRS, ids=[p[0] for p in REAL_PAIRS])

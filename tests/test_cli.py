@@ -214,3 +214,16 @@ def test_compare_marks_the_first_divergence(tmp_path, capsys):
     assert code == 0 and "first divergence" not in out
     relative = [float(line.split()[4]) for line in out.splitlines()[2:]]
     assert len(relative) == 9 and max(relative) < 1e-4  # every blob but the input
+
+
+def test_statistics_of_another_criterion_are_refused(tmp_path, capsys):
+    data = np.random.default_rng(0).random((20, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "images.npy", data)
+    assert run(capsys, "relevance", SAMPLE, "-w", SAMPLE_WEIGHTS, "--criterion", "apoz", "--data",
+               f"npy:{tmp_path / 'images.npy'}", "-o", tmp_path / "apoz.npz")[0] == 0
+    code, _, err = run(capsys, "prune", SAMPLE, "-w", SAMPLE_WEIGHTS, "--criterion", "activation-l2", "--ratio", "0.5",
+                       "--stats", tmp_path / "apoz.npz", "-o", tmp_path / "x")
+    assert code == 1 and "apoz.npz: statistics file lacks the per-channel squares" in err
+    code, _, _ = run(capsys, "prune", SAMPLE, "-w", SAMPLE_WEIGHTS, "--criterion", "apoz", "--ratio", "0.5",
+                     "--stats", tmp_path / "apoz.npz", "-o", tmp_path / "y")
+    assert code == 0

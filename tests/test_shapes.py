@@ -9,7 +9,7 @@ from caffe_surgery.errors import GraphError, ShapeError, UnsupportedLayerError
 from caffe_surgery.graph import build_net
 from caffe_surgery.io import read_net_text, write_binary, write_text
 from caffe_surgery.shapes import infer_shapes
-from conftest import REAL_MODELS, REFERENCE
+from conftest import REAL_MODELS, REAL_PAIRS, REFERENCE
 
 cv2 = pytest.importorskip("cv2")
 
@@ -147,17 +147,6 @@ def test_ultraface_heads_by_hand():
     first = shapes.layer("185")  # 3x3 stride 2 pad 1 on 240x320 -> 120x160, 16 outputs with bias
     assert first.top_shapes == [(1, 16, 120, 160)] and first.param_shapes == [(16, 3, 3, 3), (16,)]
 
-
-REAL_PAIRS = [
-    ("lenet_v1_everpeace", "lenet.prototxt", "lenet_iter_10000.caffemodel"),
-    ("cifar10_quick_v1_everpeace", "cifar10_quick.prototxt", "cifar10_quick_iter_5000.caffemodel"),
-    ("cifar10_full_v1_everpeace", "cifar10_full.prototxt", "cifar10_full_iter_70000.caffemodel"),
-    ("mtcnn_det1", "det1.prototxt", "det1.caffemodel"),
-    ("mtcnn_det2", "det2.prototxt", "det2.caffemodel"),
-    ("ultraface_slim320", "slim-320.prototxt", "slim-320.caffemodel"),
-    ("landmark106_dq", "landmark106.prototxt", "landmark106.caffemodel"),
-    ("yufacedetectnet_v1", "yufacedetectnet-open-v1.prototxt", "yufacedetectnet-open-v1.caffemodel"),
-]
 
 
 def compare_with_opencv(net, shapes, prototxt, caffemodel):

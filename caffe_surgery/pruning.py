@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .criteria import Criterion, get_criterion
+from .criteria import Criterion
 from .errors import CaffeSurgeryError
 from .graph import Net
 from .groups import Group, Groups, build_groups

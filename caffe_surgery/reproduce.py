@@ -28,7 +28,7 @@ from .errors import CaffeSurgeryError
 from .evaluate import evaluate
 from .graph import TEST, TRAIN
 from .groups import build_groups
-from .io import atomic_write, write_text
+from .io import atomic_write
 from .model import Model, load_model
 from .plot import line_chart
 from .pruning import gather, make_plan, score, statistics_plan

@@ -43,14 +43,14 @@ def _blobs_position(serialized: bytes) -> int:
         number, wire = key >> 3, key & 7
         if number > _BLOBS_FIELD or number not in _KNOWN_LAYER_FIELDS:
             return start
-        if wire == 0:
+        if wire == VARINT:
             _, pos = decode_varint(serialized, pos)
-        elif wire == 1:
+        elif wire == FIXED64:
             pos += 8
-        elif wire == 2:
+        elif wire == LENGTH:
             length, pos = decode_varint(serialized, pos)
             pos += length
-        elif wire == 5:
+        elif wire == FIXED32:
             pos += 4
         else:
             return start

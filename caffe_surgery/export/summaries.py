@@ -29,11 +29,12 @@ def add_channel_summary(builder: GraphBuilder, version: BlobVersion, kinds: tupl
     if len(shape) < 2:
         raise ValueError(f"blob '{version.key}' has no channel axis to summarise")
     axis_list = [0] + list(range(2, len(shape)))
-    axes = builder.const(axis_list, name + "/summary_axes", np.int64)
+    as_input = builder.opset >= 18 or any(kind != "squares" for kind in kinds)  # else only an attribute reads them
+    axes = builder.const(axis_list, name + "/summary_axes", np.int64) if as_input else None
     first = builder.const([0], name + "/summary_first", np.int64)
-    zero = builder.const(0.0, name + "/summary_zero")
     counted = None
     if "zeros" in kinds:
+        zero = builder.const(0.0, name + "/summary_zero")
         below = builder.unique(name + "/not_positive")
         counted = builder.unique(name + "/not_positive_float")
         builder.nodes.append(helper.make_node("LessOrEqual", [name, zero], [below]))

@@ -55,7 +55,7 @@ def test_reduced_reproduction_keeps_the_pipeline_invariants(tmp_path):
     steps = document["conv_pruning_steps"]
     assert steps[0]["accepted"] and len(steps) >= 2
     assert all(s["accepted"] for s in steps[:-1]), "pruning stops at the first step beyond the tolerance"
-    assert steps[-1]["accepted"] == (len(steps) == 11)
+    assert steps[-1]["accepted"] == (len(steps) == 13)
     assert (tmp_path / "results.md").read_text().count("\n| k") == 7
     image = cv2.imread(str(tmp_path / "results.png"))
     assert image is not None and image.shape == (560, 900, 3)

@@ -46,6 +46,6 @@ def line_chart(series: dict[str, list[tuple[float, float, str]]], path: str | os
         for (x, y, label), corner in zip(values, corners):
             cv2.circle(canvas, corner, 5, colour, -1, cv2.LINE_AA)
             cv2.putText(canvas, label, (corner[0] + 7, corner[1] - 7), font, 0.42, colour, 1, cv2.LINE_AA)
-        cv2.putText(canvas, name, (WIDTH - MARGIN - 230, MARGIN + 25 * index + 10), font, 0.5, colour, 1, cv2.LINE_AA)
+        cv2.putText(canvas, name, (WIDTH - MARGIN - 300, MARGIN + 25 * index + 20), font, 0.5, colour, 1, cv2.LINE_AA)
     ok, png = cv2.imencode(".png", canvas)
     atomic_write(path, [png.tobytes()])

@@ -280,11 +280,11 @@ def cmd_convert_data(args) -> int:
 
 
 def _statistics_pass(args, model, source, criterion, group_list, groups):
-    from .dataflow import select_samples
     from .pruning import gather, statistics_plan
 
     stats = statistics_plan(model, groups, group_list, criterion)
-    source = select_samples(source, shard=getattr(args, "shard", None))
+    shard = getattr(args, "shard", None)
+    source = source.shard(*shard) if shard else source
     return gather(model, stats, groups, _batches(model, source, args, f"relevance ({criterion.name})"),
                   _runtime_options(args))
 

@@ -70,13 +70,6 @@ def batch_size_for(net: Net, requested: int | None) -> int:
     return max(layer_batch_size(layer.param), 1) if layer is not None else DEFAULT_BATCH
 
 
-def select_samples(source: Source, limit: int | None = None, shard: tuple[int, int] | None = None) -> Source:
-    """The shard (index, count) of the first ``limit`` samples."""
-    if limit is not None:
-        source = source.head(limit)
-    return source.shard(*shard) if shard else source
-
-
 def batches(source: Source, batch_size: int, desc: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Transformed batches of the whole source with a progress bar (images/s) on a terminal."""
     with progress(len(source), desc) as bar:

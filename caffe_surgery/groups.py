@@ -104,10 +104,16 @@ class Groups:
         self.groups = groups
         self.layouts = layouts
         self._by_producer = {p: g for g in groups for p in g.producers}
+        self._by_maxout_layer = {name: g for g in groups if g.maxout is not None for name in g.maxout.layers}
+        self.depthwise = {m.layer for g in groups for m in g.members if m.role == "depthwise"}
 
     def of_layer(self, layer_name: str) -> Group | None:
         """The group a producer layer opens (None for other layers)."""
         return self._by_producer.get(layer_name)
+
+    def maxout_built_by(self, layer_name: str) -> Group | None:
+        """The maxout group whose max this layer helps build (Reshape, Pooling, Slice, Eltwise), if any."""
+        return self._by_maxout_layer.get(layer_name)
 
     def prunable(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]

@@ -146,8 +146,7 @@ def _rewrite_convolution(s: _Surgeon, layer: Layer, param, blobs):
     conv = param.convolution_param
     groups_count = conv.group
     inputs = s.blob_positions(layer.bottoms[0])
-    role = {m.role for g in s.groups.groups for m in g.members if m.layer == layer.name}
-    if "depthwise" in role:
+    if layer.name in s.groups.depthwise:
         if inputs is not None:
             conv.num_output = conv.group = int(inputs.size)
             blobs = [_take(b, inputs, 0) for b in blobs]
@@ -249,7 +248,7 @@ def _rewrite_per_channel(s: _Surgeon, layer: Layer, param, blobs):
 
 
 def _rewrite_slice(s: _Surgeon, layer: Layer, param, blobs):
-    if any(g.maxout is not None and layer.name in g.maxout.layers for g in s.groups.groups):
+    if s.groups.maxout_built_by(layer.name) is not None:
         return blobs
     slice_param = param.slice_param
     axis = slice_param.axis if slice_param.HasField("axis") else (
@@ -265,7 +264,7 @@ def _rewrite_slice(s: _Surgeon, layer: Layer, param, blobs):
 def _rewrite_reshape(s: _Surgeon, layer: Layer, param, blobs):
     dims = param.reshape_param.shape.dim
     after = s.shapes.blob(layer.tops[0])
-    group = next((g for g in s.groups.groups if g.maxout is not None and layer.name in g.maxout.layers), None)
+    group = s.groups.maxout_built_by(layer.name)
     if group is not None:
         if group.id not in s.renumber:
             return blobs

@@ -89,17 +89,23 @@ def _w(channels: int, width: int) -> int:
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
-def vgg16_text(size: int = 224, width: int = 1, classes: int = 1000) -> str:
-    """VGG-16 (configuration D) deploy net; ``width`` divides every channel/neuron count."""
-    text = 'name: "VGG_ILSVRC_16_layers"\n' + _input((1, 3, size, size))
-    bottom = "data"
-    for stage, widths in enumerate(VGG16_STAGES, start=1):
+def _vgg_features(stages, width: int) -> tuple[str, str]:
+    """The 3x3 conv + ReLU stages of a VGG, each ending in a 2x2 max pool: (layers' text, last blob)."""
+    text, bottom = "", "data"
+    for stage, widths in enumerate(stages, start=1):
         for index, channels in enumerate(widths, start=1):
             name = f"conv{stage}_{index}"
             text += _conv(name, bottom, _w(channels, width), 3, pad=1) + _relu(f"relu{stage}_{index}", name)
             bottom = name
         text += _pool(f"pool{stage}", bottom)
         bottom = f"pool{stage}"
+    return text, bottom
+
+
+def vgg16_text(size: int = 224, width: int = 1, classes: int = 1000) -> str:
+    """VGG-16 (configuration D) deploy net; ``width`` divides every channel/neuron count."""
+    features, bottom = _vgg_features(VGG16_STAGES, width)
+    text = 'name: "VGG_ILSVRC_16_layers"\n' + _input((1, 3, size, size)) + features
     for name in ("fc6", "fc7"):
         text += _fc(name, bottom, _w(4096, width)) + _relu(f"relu{name[2:]}", name) + _dropout(f"drop{name[2:]}", name)
         bottom = name
@@ -111,15 +117,8 @@ CIFAR_VGG_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512
 
 def cifar_vgg_text(width: int = 1, size: int = 32) -> str:
     """A conv-heavy VGG-like CIFAR-10 net (3x32x32 in, 13 conv layers, fc 512, fc 10)."""
-    text = 'name: "cifar10_vgg"\n' + _input((1, 3, size, size))
-    bottom = "data"
-    for stage, widths in enumerate(CIFAR_VGG_STAGES, start=1):
-        for index, channels in enumerate(widths, start=1):
-            name = f"conv{stage}_{index}"
-            text += _conv(name, bottom, _w(channels, width), 3, pad=1) + _relu(f"relu{stage}_{index}", name)
-            bottom = name
-        text += _pool(f"pool{stage}", bottom)
-        bottom = f"pool{stage}"
+    features, bottom = _vgg_features(CIFAR_VGG_STAGES, width)
+    text = 'name: "cifar10_vgg"\n' + _input((1, 3, size, size)) + features
     text += _fc("fc1", bottom, _w(512, width)) + _relu("relu_fc1", "fc1")
     return text + _fc("fc2", "fc1", 10) + _softmax("fc2")
 

@@ -50,7 +50,7 @@ def switch_off(net, shapes, groups: Groups, keep: dict) -> dict[str, list[np.nda
     for layer in net.layers:
         if layer.type not in ("Convolution", "InnerProduct", "Deconvolution") or not layer.blobs:
             continue
-        if any(m.layer == layer.name and m.role == "depthwise" for g in groups.groups for m in g.members):
+        if layer.name in groups.depthwise:
             continue
         bottom = layer.bottoms[0]
         spatial = int(np.prod(shapes.blob(bottom)[2:])) if layer.type == "InnerProduct" else 1

@@ -15,7 +15,9 @@ CAFFEMODELS = sorted(REAL_MODELS.glob("*/*.caffemodel"))
 
 
 def test_real_files_are_present():
-    assert len(PROTOTXTS) >= 30 and len(CAFFEMODELS) == 8
+    manifest = (REAL_MODELS / "MANIFEST.tsv").read_text().splitlines()[1:]
+    pairs = [row for row in manifest if row.split("\t")[1].startswith("pair")]
+    assert len(PROTOTXTS) >= 30 and len(CAFFEMODELS) == len(pairs) >= 9
 
 
 @pytest.mark.parametrize("path", PROTOTXTS, ids=lambda p: f"{p.parent.name}/{p.name}")

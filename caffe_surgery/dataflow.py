@@ -6,18 +6,18 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from . import layers
 from .data import Source, layer_batch_size, parse_data_spec, source_from_layer
 from .errors import CaffeSurgeryError, DataError, ShapeError
 from .graph import Layer, Net
 from .progress import progress
 
-DATA_LAYERS = ("Data", "ImageData")
 DEFAULT_BATCH = 64
 
 
 def data_layer(net: Net) -> Layer | None:
     """The net's first Data or ImageData layer, if any."""
-    return next((layer for layer in net.layers if layer.type in DATA_LAYERS), None)
+    return next((layer for layer in net.layers if layers.reads_dataset(layer.type)), None)
 
 
 def input_layer(net: Net) -> Layer:
@@ -37,7 +37,7 @@ def item_shapes(prototxt: str | os.PathLike):
     directory = os.path.dirname(os.path.abspath(prototxt))
 
     def resolve(layer: Layer) -> list[tuple[int, ...]]:
-        if layer.type not in DATA_LAYERS:
+        if not layers.reads_dataset(layer.type):
             return []
         try:
             return [tuple(source_from_layer(layer.param, directory).shape), ()]

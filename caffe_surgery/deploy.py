@@ -5,17 +5,14 @@ images in, the net's scores or probabilities out.
 """
 from __future__ import annotations
 
-from . import caffe_pb2
+from . import caffe_pb2, layers
 from .graph import Net, net_from_layers
 from .shapes import NetShapes
-
-TRAINING_ONLY = ("SoftmaxWithLoss", "Accuracy", "Silence", "EuclideanLoss", "SigmoidCrossEntropyLoss",
-                 "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ContrastiveLoss")
 
 
 def deploy_net(net: Net, shapes: NetShapes, batch: int = 1) -> Net:
     """The deploy net, with a batch of ``batch``: data layers keep only the tops later layers read."""
-    kept = [layer for layer in net.layers if layer.type not in TRAINING_ONLY]
+    kept = [layer for layer in net.layers if not layers.is_training_only(layer.type)]
     read = {b.name for layer in kept for b in layer.bottoms}
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net.header)

@@ -25,10 +25,10 @@ import numpy as np
 
 from . import caffe_pb2
 from .graph import Layer, Net, net_from_layers
-from .layer_shapes import canonical_axis
+from . import layers
+from .layers import canonical_axis
 from .shapes import NetShapes, infer_shapes
 
-PRODUCERS = ("Convolution", "Deconvolution", "InnerProduct")
 Affine = tuple[np.ndarray, np.ndarray]
 
 
@@ -70,7 +70,7 @@ def _affine(layer: Layer, shapes: NetShapes, channels: int) -> Affine | None:
 
 def _foldable_producer(layer: Layer, shapes: NetShapes) -> bool:
     """A one-bottom, one-top, not in-place producer with its own weights and its output channels on axis 1."""
-    if layer.type not in PRODUCERS or len(layer.bottoms) != 1 or len(layer.tops) != 1 or not layer.blobs:
+    if not layers.produces_channels(layer.type) or len(layer.bottoms) != 1 or len(layer.tops) != 1 or not layer.blobs:
         return False
     if layer.in_place or any(spec.name for spec in layer.param.param):
         return False

@@ -8,9 +8,10 @@ group; per-channel layers pass the layout through; Concat and Slice join and
 cut layouts; Flatten (and an InnerProduct's implicit flatten) widens each
 channel to a block of H*W columns; Eltwise SUM/PROD merges the groups of its
 inputs. Layers that mix channels in ways a channel subset cannot follow pin
-the groups they read, with the reason. Maxout units (Reshape + global MAX
-Pooling, Eltwise MAX over branches, Slice + Eltwise MAX) are recognised and
-recorded on their group.
+the groups they read, with the reason. What each type does is its declared
+channel rule (``layers``, the ``channels`` facet); this module holds the
+machinery those rules use. Maxout units (Reshape + global MAX Pooling, Eltwise
+MAX over branches, Slice + Eltwise MAX) are recognised and recorded on their group.
 """
 from __future__ import annotations
 
@@ -18,16 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import caffe_pb2
+from . import caffe_pb2, layers
 from .graph import BlobVersion, Layer, Net
 from .shapes import NetShapes
-
-PRODUCERS = ("Convolution", "Deconvolution", "InnerProduct")
-ELEMENTWISE = ("ReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL", "Threshold",
-               "Dropout", "Clip", "Swish")
-PER_CHANNEL_WEIGHTED = ("BatchNorm", "Scale", "Bias", "PReLU")
-IGNORED = ("SoftmaxWithLoss", "Accuracy", "Silence", "EuclideanLoss", "SigmoidCrossEntropyLoss",
-           "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ContrastiveLoss")
 
 
 @dataclass
@@ -213,178 +207,20 @@ class _Builder:
         return Groups(groups, layouts)
 
     def visit(self, layer: Layer) -> None:
+        """Give the layer's tops their layouts by its type's channel rule (an unknown type pins)."""
         if layer.name in self.handled:
             return
-        kind = layer.type
-        bottoms = [self.layouts[b] for b in layer.bottoms]
-        if kind in IGNORED:
-            for top in layer.tops:
-                self.layouts[top] = self.fresh(top, None, f"output of {kind} '{layer.name}'")
-            return
-        if not layer.bottoms:
-            self.pinned_output(layer, f"net input from {kind} '{layer.name}'")
-            return
-        handler = getattr(self, "visit_" + kind, None)
-        if handler is not None:
-            handler(layer, bottoms)
-        elif kind in ELEMENTWISE:
-            self.pass_through(layer, bottoms[0], "channel")
-        else:
-            reason = f"read by {kind} '{layer.name}', which mixes channels"
-            for layout in bottoms:
-                self.pin(layout, reason)
-            self.pinned_output(layer, f"output of {kind} '{layer.name}'")
+        declaration = layers.lookup(layer.type)
+        rule = declaration.channels if declaration is not None else layers.PIN
+        rule.apply(self, layer, [self.layouts[b] for b in layer.bottoms])
 
     def pass_through(self, layer: Layer, layout: Layout, role: str) -> None:
+        """The layer's tops carry its bottom's channels unchanged."""
         self.member(layout, layer, role)
         for top in layer.tops:
             self.layouts[top] = layout
 
-    def visit_Split(self, layer, bottoms):
-        self.pass_through(layer, bottoms[0], "structure")
-
-    def visit_Pooling(self, layer, bottoms):
-        self.pass_through(layer, bottoms[0], "structure")
-
-    def visit_BatchNorm(self, layer, bottoms):
-        self.pass_through(layer, bottoms[0], "channel")
-
-    def visit_PReLU(self, layer, bottoms):
-        self.pass_through(layer, bottoms[0], "channel")
-
-    def _per_channel_axis(self, layer: Layer, param) -> bool:
-        bottom = self.shapes.blob(layer.bottoms[0])
-        axis = param.axis % len(bottom) if len(bottom) else 0
-        if len(layer.bottoms) == 1:
-            axes = param.num_axes if param.num_axes >= 0 else len(bottom) - axis
-            return axis == 1 and axes == 1
-        other = self.shapes.blob(layer.bottoms[1])
-        return axis == 1 and len(other) == 1
-
-    def _scale_or_bias(self, layer, bottoms, param):
-        if self._per_channel_axis(layer, param):
-            self.pass_through(layer, bottoms[0], "channel")
-            if len(bottoms) > 1:
-                self.pin(bottoms[1], f"second input of {layer.type} '{layer.name}'")
-            return
-        if len(bottoms) > 1 and self.shapes.blob(layer.bottoms[0]) == self.shapes.blob(layer.bottoms[1]):
-            self.merge(layer, bottoms)
-            return
-        reason = f"{layer.type} '{layer.name}' scales along other axes than the channels"
-        for layout in bottoms:
-            self.pin(layout, reason)
-        self.pinned_output(layer, f"output of {layer.type} '{layer.name}'")
-
-    def visit_Scale(self, layer, bottoms):
-        self._scale_or_bias(layer, bottoms, layer.param.scale_param)
-
-    def visit_Bias(self, layer, bottoms):
-        self._scale_or_bias(layer, bottoms, layer.param.bias_param)
-
-    def visit_LRN(self, layer, bottoms):
-        if layer.param.lrn_param.norm_region == caffe_pb2.LRNParameter.WITHIN_CHANNEL:
-            self.pass_through(layer, bottoms[0], "structure")
-            return
-        self.pin(bottoms[0], f"read by LRN '{layer.name}' across channels")
-        self.pinned_output(layer, f"output of LRN '{layer.name}' across channels")
-
-    def visit_Crop(self, layer, bottoms):
-        self.pin(bottoms[1], f"reference shape of Crop '{layer.name}'")
-        if layer.param.crop_param.axis % 4 >= 2:
-            self.pass_through(layer, bottoms[0], "structure")
-            return
-        self.pin(bottoms[0], f"cropped along the channels by Crop '{layer.name}'")
-        self.pinned_output(layer, f"output of Crop '{layer.name}'")
-
-    def _producer(self, layer: Layer, bottoms: list[Layout]) -> None:
-        top = layer.tops[0]
-        bottom_shape = self.shapes.blob(layer.bottoms[0])
-        axis = layer.param.inner_product_param.axis if layer.type == "InnerProduct" else (
-            layer.param.convolution_param.axis)
-        if axis % len(bottom_shape) != 1:
-            self.pin(bottoms[0], f"read by {layer.type} '{layer.name}' along axis {axis}")
-            self.pinned_output(layer, f"output of {layer.type} '{layer.name}' along axis {axis}")
-            return
-        layout = self.flattened(bottoms[0], layer.bottoms[0]) if layer.type == "InnerProduct" else bottoms[0]
-        groups = 1 if layer.type == "InnerProduct" else layer.param.convolution_param.group
-        outputs = self.channels(top)
-        inputs = bottom_shape[1]
-        if groups > 1 and groups == inputs and layer.type == "Convolution" and outputs == inputs:
-            self.member(layout, layer, "depthwise")
-            self.layouts[top] = layout
-            return
-        self.member(layout, layer, "in")
-        gid = self.new_group(outputs, layer.name)
-        self.groups[gid].members.append(Member(layer.name, "out"))
-        if groups > 1:
-            self.groups[gid].chunks = groups
-            if len({self.find(p.group) for p in layout}) == 1 and len(layout) == 1:
-                self.group(layout[0].group).chunks = int(np.lcm(self.group(layout[0].group).chunks, groups))
-            else:
-                self.pin(layout, f"feeds grouped {layer.type} '{layer.name}' from several sources")
-        self.layouts[top] = [Piece(gid, np.arange(outputs).reshape(outputs, 1))]
-
-    visit_Convolution = _producer
-    visit_Deconvolution = _producer
-    visit_InnerProduct = _producer
-
-    def visit_Concat(self, layer, bottoms):
-        axis = layer.param.concat_param.axis if layer.param.concat_param.HasField("axis") else (
-            layer.param.concat_param.concat_dim if layer.param.concat_param.HasField("concat_dim") else 1)
-        if axis % len(self.shapes.blob(layer.bottoms[0])) == 1:
-            self.member([p for layout in bottoms for p in layout], layer, "structure")
-            self.layouts[layer.tops[0]] = [p for layout in bottoms for p in layout]
-            return
-        self.merge(layer, bottoms)
-
-    def visit_Slice(self, layer, bottoms):
-        param = layer.param.slice_param
-        axis = param.axis if param.HasField("axis") else (param.slice_dim if param.HasField("slice_dim") else 1)
-        bottom_shape = self.shapes.blob(layer.bottoms[0])
-        if axis % len(bottom_shape) != 1:
-            self.pass_through(layer, bottoms[0], "structure")
-            return
-        start = 0
-        for top in layer.tops:
-            stop = start + self.channels(top)
-            piece = self.cut(bottoms[0], start, stop)
-            if piece is None:
-                self.pin(bottoms[0], f"Slice '{layer.name}' cuts inside a flattened channel")
-                self.pinned_output(layer, f"output of Slice '{layer.name}'")
-                return
-            self.layouts[top] = piece
-            start = stop
-        self.member(bottoms[0], layer, "structure")
-
-    def visit_Flatten(self, layer, bottoms):
-        param = layer.param.flatten_param
-        shape = self.shapes.blob(layer.bottoms[0])
-        end = param.end_axis % len(shape)
-        if param.axis % len(shape) == 1 and end == len(shape) - 1:
-            self.member(bottoms[0], layer, "structure")
-            self.layouts[layer.tops[0]] = self.flattened(bottoms[0], layer.bottoms[0])
-            return
-        if param.axis % len(shape) >= 2:
-            self.pass_through(layer, bottoms[0], "structure")
-            return
-        self.pin(bottoms[0], f"Flatten '{layer.name}' folds the channels into the batch axis")
-        self.pinned_output(layer, f"output of Flatten '{layer.name}'")
-
-    def visit_Reshape(self, layer, bottoms):
-        before, after = self.shapes.blob(layer.bottoms[0]), self.shapes.blob(layer.tops[0])
-        if len(after) == 2 and after[0] == before[0]:
-            self.member(bottoms[0], layer, "structure")
-            self.layouts[layer.tops[0]] = self.flattened(bottoms[0], layer.bottoms[0])
-            return
-        if self._maxout_reshape(layer, bottoms[0], before, after):
-            return
-        if tuple(before) == tuple(after):
-            self.pass_through(layer, bottoms[0], "structure")
-            return
-        self.pin(bottoms[0], f"Reshape '{layer.name}' regroups the channels")
-        self.pinned_output(layer, f"output of Reshape '{layer.name}'")
-
-    def _maxout_reshape(self, layer, layout, before, after) -> bool:
+    def maxout_reshape(self, layer, layout, before, after) -> bool:
         """Reshape (N, m*k) -> (N, m, k[, 1]) read only by a global MAX Pooling: a maxout layer."""
         if len(after) not in (3, 4) or after[0] != before[0] or (len(after) == 4 and after[3] != 1):
             return False
@@ -411,12 +247,6 @@ class _Builder:
         self.handled.add(pool.name)
         return True
 
-    def visit_Eltwise(self, layer, bottoms):
-        param = layer.param.eltwise_param
-        if param.operation == caffe_pb2.EltwiseParameter.MAX and len(bottoms) > 1 and self._maxout_eltwise(layer, bottoms):
-            return
-        self.merge(layer, bottoms)
-
     def _chain(self, blob: BlobVersion) -> tuple[Layer, list[str]] | None:
         """Walk up from an Eltwise input through single-use parameter-free layers to its source."""
         chain = []
@@ -424,12 +254,12 @@ class _Builder:
             if len(self.net.consumers(blob)) != 1:
                 return None
             layer = self.net.producer(blob)
-            if layer.type not in ELEMENTWISE:
+            if not layers.carries_channels(layer.type, weighted=False):
                 return layer, chain
             chain.append(layer.name)
             blob = layer.bottoms[0]
 
-    def _maxout_eltwise(self, layer, bottoms) -> bool:
+    def maxout_eltwise(self, layer, bottoms) -> bool:
         """Eltwise MAX over k single-piece inputs: k branch producers, or k slices of one producer."""
         k = len(bottoms)
         if any(len(b) != 1 or b[0].block != 1 or b[0].index.shape[1] != 1 for b in bottoms):
@@ -451,7 +281,7 @@ class _Builder:
                 return False
             group.maxout = Maxout("slice-eltwise-max", units, k, neurons, [sources[0].name, layer.name],
                                   chains=[w[1] for w in walks])
-        elif (len(set(gids)) == k and all(s.type in PRODUCERS for s in sources)
+        elif (len(set(gids)) == k and all(layers.produces_channels(s.type) for s in sources)
               and len({s.bottoms[0] for s in sources}) == 1
               and all(self.groups[g].producers == [s.name] and self.groups[g].size == units for g, s in zip(gids, sources))):
             neurons = np.arange(units * k).reshape(units, k)

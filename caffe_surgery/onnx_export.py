@@ -15,12 +15,21 @@ from collections.abc import Iterable, Sequence
 import onnx
 from onnx import helper
 
+from . import layers
 from .errors import GraphError, UnsupportedLayerError
-from .export import CONVERTERS, DATA_TYPES, is_dropped, supported_types
 from .export.context import GraphBuilder, LayerContext
 from .export.summaries import KINDS, add_channel_summary
 from .graph import BlobVersion, Layer, Net
 from .io import atomic_write
+
+class BatchDependentError(GraphError):
+    """A net whose Caffe result depends on the batch size (literal batch dims), asked for a dynamic batch."""
+
+    def __init__(self, why: str, *, file: str | None = None, layer: str | None = None):
+        self.why = why
+        super().__init__(f"{why}; a dynamic batch cannot follow it: export with a fixed batch (leave out "
+                         "--dynamic-batch; set the batch with --input NAME=N,C,H,W)", file=file, layer=layer)
+
 
 MIN_OPSET = 13
 """Softmax along one axis and Split sizes as an input need opset 13."""
@@ -30,7 +39,7 @@ BlobSpec = BlobVersion | str
 
 def tensor_names(net: Net) -> dict[BlobVersion, str]:
     """The ONNX tensor name of every blob version of ``net`` (see the module docstring)."""
-    data_blobs = {top.name for layer in net.layers if layer.type in DATA_TYPES for top in layer.tops}
+    data_blobs = {top.name for layer in net.layers if layers.is_data(layer.type) for top in layer.tops}
     names = {}
     for layer in net.layers:
         for top in layer.tops:
@@ -47,10 +56,10 @@ def default_outputs(net: Net) -> list[BlobVersion]:
     What only a loss or Accuracy reads is a prediction, so it is an output; what a Silence
     layer reads was meant to be thrown away, so it is not.
     """
-    kept = [layer for layer in net.layers if not is_dropped(layer.type)]
-    read = {bottom for layer in net.layers if layer.type == "Silence" or not is_dropped(layer.type)
+    kept = [layer for layer in net.layers if not layers.is_training_only(layer.type)]
+    read = {bottom for layer in net.layers if layer.type == "Silence" or not layers.is_training_only(layer.type)
             for bottom in layer.bottoms}
-    return [top for layer in kept if layer.type not in DATA_TYPES for top in layer.tops
+    return [top for layer in kept if not layers.is_data(layer.type) for top in layer.tops
             if top == net.final(top.name) and top not in read]
 
 
@@ -76,13 +85,25 @@ def needed_layers(net: Net, targets: Sequence[BlobVersion]) -> list[Layer]:
         if layer.name not in needed:
             needed.add(layer.name)
             pending.extend(net.producer(bottom) for bottom in layer.bottoms)
-    layers = [layer for layer in net.layers if layer.name in needed]
-    for layer in layers:
-        if layer.type not in CONVERTERS:
-            raise UnsupportedLayerError(f"layer type '{layer.type}' cannot be exported to ONNX "
-                                        f"(supported: {', '.join(supported_types())})",
-                                        file=net.source, layer=layer.name)
-    return layers
+    chosen = [layer for layer in net.layers if layer.name in needed]
+    for layer in chosen:
+        converter(layer, net.source)
+    return chosen
+
+
+def supported_types() -> list[str]:
+    """The layer types the exporter can convert, sorted."""
+    return layers.types_with("export")
+
+
+def converter(layer: Layer, source: str | None = None):
+    """The converter of the layer's type; an UnsupportedLayerError (with the reason, where one is declared)."""
+    declaration = layers.lookup(layer.type)
+    if declaration is not None and not isinstance(declaration.export, layers.NotApplicable):
+        return declaration.export
+    reason = f"; {declaration.export.reason}" if declaration is not None else ""
+    raise UnsupportedLayerError(f"layer type '{layer.type}' cannot be exported to ONNX "
+                                f"(supported: {', '.join(supported_types())}){reason}", file=source, layer=layer.name)
 
 
 def export_onnx(net: Net, shapes, *, opset: int = 17, dynamic_batch: bool = False,
@@ -104,12 +125,15 @@ def export_onnx(net: Net, shapes, *, opset: int = 17, dynamic_batch: bool = Fals
     summarised = [_resolve(net, spec) for spec in summaries]
     if not targets and not summarised:
         raise GraphError("the net has no outputs to export", file=net.source)
-    layers = needed_layers(net, targets + summarised)
+    chosen = needed_layers(net, targets + summarised)
     names = tensor_names(net)
-    used = {bottom for layer in layers for bottom in layer.bottoms} | set(targets) | set(summarised)
+    used = {bottom for layer in chosen for bottom in layer.bottoms} | set(targets) | set(summarised)
     builder = GraphBuilder(shapes, names, used, opset, dynamic_batch)
-    for layer in layers:
-        CONVERTERS[layer.type](LayerContext(builder, layer))
+    for layer in chosen:
+        converter(layer)(LayerContext(builder, layer))
+    if builder.batch_dependent:
+        layer_name, why = builder.batch_dependent[0]
+        raise BatchDependentError(why, file=net.source, layer=layer_name)
     declared = [builder.value_info(names[v], shapes.blob(v), None) for v in targets]
     declared += [add_channel_summary(builder, v, summary_kinds) for v in summarised]
     graph = helper.make_graph(builder.nodes, net.name or "caffe_net", builder.inputs, declared,

@@ -1,12 +1,15 @@
 """Running a Caffe net with onnxruntime: tapped blobs, a device, batching, streaming statistics.
 
-The net is exported in memory with a dynamic batch; results are keyed by blob
+The net is exported in memory with a dynamic batch (a net whose Caffe result
+depends on the batch size, e.g. a Reshape with a literal batch dim, runs at its
+own fixed batch instead, with a warning); results are keyed by blob
 key (``fc`` for a blob's first version, ``fc@relu`` for a rewrite), so a tap of
 an in-place version reads the value before the later layers rewrote it.
 Graph optimizations stay on: onnxruntime keeps every requested output intact.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
@@ -15,7 +18,9 @@ import onnxruntime as ort
 from .errors import CaffeSurgeryError, ShapeError
 from .export.summaries import KINDS, summary_name
 from .graph import BlobVersion, Net
-from .onnx_export import BlobSpec, export_onnx, graph_outputs, tensor_names
+from .onnx_export import BatchDependentError, BlobSpec, export_onnx, graph_outputs, tensor_names
+
+log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
@@ -50,8 +55,15 @@ class Runtime:
         outputs = None if outputs is None else list(outputs)
         summaries = [s if isinstance(s, BlobVersion) else net.resolve(s) for s in summaries]
         self.outputs = graph_outputs(net, taps, outputs)
-        model = export_onnx(net, shapes, dynamic_batch=True, taps=taps, outputs=outputs, summaries=summaries,
-                            summary_kinds=summary_kinds, check=False)
+        export = dict(taps=taps, outputs=outputs, summaries=summaries, summary_kinds=summary_kinds, check=False)
+        try:
+            model = export_onnx(net, shapes, dynamic_batch=True, **export)
+            self.fixed_batch = None
+        except BatchDependentError as exc:
+            model = export_onnx(net, shapes, dynamic_batch=False, **export)
+            self.fixed_batch = int(model.graph.input[0].type.tensor_type.shape.dim[0].dim_value)
+            log.warning("%s: %s: %s; running in batches of exactly %d", exc.file, exc.layer, exc.why,
+                        self.fixed_batch)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -59,7 +71,7 @@ class Runtime:
         names = tensor_names(net)
         self._keys = {names[v]: v.key for v in self.outputs}
         self._keys.update({summary_name(names[v]): summary_name(v.key) for v in summaries})
-        self._joins = {self._keys[o.name]: _join_rule(o.shape) for o in self.session.get_outputs()}
+        self._joins = {self._keys[o.name]: _join_rule(o.shape, self.fixed_batch) for o in self.session.get_outputs()}
         self._joins.update({summary_name(v.key): "sum" for v in summaries})
         self.inputs = {i.name: tuple(i.shape) for i in self.session.get_inputs()}
         self.batch_size = batch_size
@@ -91,6 +103,11 @@ class Runtime:
         """One session call, or one per ``batch_size`` samples with the results joined along axis 0."""
         count = _count(feeds)
         step = self.batch_size or count
+        if self.fixed_batch is not None:
+            if count % self.fixed_batch:
+                raise CaffeSurgeryError(f"the net's result depends on the batch size: it runs only in batches of "
+                                        f"{self.fixed_batch} samples, got {count}")
+            step = self.fixed_batch
         if count <= step:
             return self._run(feeds)
         mixed = [key for key, join in self._joins.items() if join == "mixed"]
@@ -127,12 +144,14 @@ class Runtime:
         return feeds
 
 
-def _join_rule(shape: list) -> str:
+def _join_rule(shape: list, fixed_batch: int | None) -> str:
     """How chunked results of an output join: 'concat' along the batch, 'constant' (a static dim 0, e.g.
     PriorBox: every chunk gives the same) or 'mixed' (a 0-axis value over the whole batch). Channel
-    summaries are added up ('sum')."""
+    summaries are added up ('sum'). In a fixed-batch graph, dim 0 equal to the batch is the batch."""
     if not shape:
         return "mixed"
+    if fixed_batch is not None:
+        return "concat" if shape[0] == fixed_batch else "constant"
     return "constant" if isinstance(shape[0], int) else "concat"
 
 

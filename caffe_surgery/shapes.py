@@ -1,7 +1,7 @@
 """Shape inference over a ``Net``: every blob version's shape, every layer's weight shapes,
 parameter count and MACs, computed as Caffe's Reshape/LayerSetUp would.
 
-The per-type rules live in ``layer_shapes`` (one function per type); this module
+The per-type rules live with their layer types (``layers``, the ``shape`` facet); this module
 walks the net in order, checks bottom/top counts, resolves the shapes of data
 layers and wraps every problem in an error naming the layer.
 """
@@ -13,7 +13,8 @@ from math import prod
 
 from .errors import CaffeSurgeryError, GraphError, ShapeError, UnsupportedLayerError
 from .graph import BlobVersion, Layer, Net
-from .layer_shapes import RULES, SOURCES, Rule, Shape, SourceContext
+from . import layers
+from .layers import DATA, NotApplicable, Rule, Shape, SourceContext
 
 DataShapes = Callable[[Layer], list[Shape]]
 
@@ -67,18 +68,15 @@ def _check_count(layer: Layer, what: str, count: int, allowed: tuple[int, int | 
 
 def _rule(layer: Layer, bottoms: list[Shape], overrides: dict[str, Shape],
           data_shapes: DataShapes | None) -> Rule | None:
-    """The registered rule's result for the layer, or None when its type has no rule."""
-    if layer.type in SOURCES:
-        fn, arity = SOURCES[layer.type]
-    elif layer.type in RULES:
-        fn, arity = RULES[layer.type]
-    else:
+    """The declared rule's result for the layer, or None when its type has no rule."""
+    declaration = layers.lookup(layer.type)
+    if declaration is None or isinstance(declaration.shape, NotApplicable):
         return None
-    _check_count(layer, "bottoms", len(bottoms), arity.bottoms)
-    _check_count(layer, "tops", len(layer.tops), arity.tops)
-    if layer.type in SOURCES:
-        return Rule(fn(layer, SourceContext(layer, overrides, data_shapes)))
-    return fn(layer, bottoms)
+    _check_count(layer, "bottoms", len(bottoms), declaration.bottoms)
+    _check_count(layer, "tops", len(layer.tops), declaration.tops)
+    if declaration.kind == DATA:
+        return Rule(declaration.shape(layer, SourceContext(layer, overrides, data_shapes)))
+    return declaration.shape(layer, bottoms)
 
 
 def _infer_layer(layer: Layer, bottoms: list[Shape], overrides: dict[str, Shape],
@@ -88,7 +86,8 @@ def _infer_layer(layer: Layer, bottoms: list[Shape], overrides: dict[str, Shape]
     result = _rule(layer, bottoms, overrides, data_shapes)
     if result is None:
         if given is None:
-            raise UnsupportedLayerError(f"unknown layer type '{layer.type}': no shape rule for it (pass its top shapes)")
+            raise UnsupportedLayerError(f"unknown layer type '{layer.type}': no shape rule for it "
+                                        "(pass its top shapes, or declare the type in a --plugin)")
         tops, param_shapes = [tuple(s) for s in given], None
         params, macs = sum(int(b.size) for b in layer.blobs), 0
     else:
@@ -151,7 +150,7 @@ def infer_shapes(net: Net, input_shapes: dict[str, tuple[int, ...]] | None = Non
             errors.append(exc)
             failed.update(layer.tops)
             continue
-        if layer.type in SOURCES:
+        if layers.is_data(layer.type):
             used.update(t.name for t in layer.tops)
         shapes.layers[layer.name] = info
         shapes.blobs.update(zip(layer.tops, info.top_shapes))

@@ -16,10 +16,9 @@ import numpy as np
 from .errors import CaffeSurgeryError
 from .export.summaries import KINDS, summary_name
 from .graph import BlobVersion, Net
-from .groups import ELEMENTWISE, Group, Groups
+from . import layers
+from .groups import Group, Groups
 from .io import atomic_write
-
-FOLLOWED = ELEMENTWISE + ("BatchNorm", "Scale", "Bias", "PReLU")
 
 
 def channel_summary(activation: np.ndarray) -> np.ndarray:
@@ -122,7 +121,7 @@ def activation_tap(net: Net, blob: BlobVersion) -> BlobVersion:
     """Follow a producer's output through single-use per-channel layers (ReLU, BatchNorm, ...)."""
     while True:
         consumers = net.consumers(blob)
-        if len(consumers) != 1 or consumers[0].type not in FOLLOWED or len(consumers[0].tops) != 1:
+        if len(consumers) != 1 or not layers.carries_channels(consumers[0].type) or len(consumers[0].tops) != 1:
             return blob
         blob = consumers[0].tops[0]
 

@@ -7,16 +7,15 @@ of H*W columns per channel after a flatten), per-channel layers lose the
 matching parameters, Slice points and Reshape dims are rewritten, and maxout
 units shrink to k' neurons (survivors move between Eltwise-MAX branches so
 every branch keeps the same size). Layer and blob names, in-place chains and
-layer order stay as they were. The original net is never modified.
+layer order stay as they were. The original net is never modified. How each
+type's params and blobs change is its declared rewrite (``layers``, the
+``rewrite`` facet); the surgeon gives the rewrites the kept positions.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-from . import caffe_pb2
-from .errors import PlanError
+from . import caffe_pb2, layers
 from .graph import BlobVersion, Layer, Net, net_from_layers
 from .groups import Group, Groups, Layout, Maxout, Piece
 from .shapes import NetShapes, infer_shapes
@@ -76,6 +75,31 @@ class _Surgeon:
         kept = self.blob_positions(blob)
         return int(self.shapes.blob(blob)[1]) if kept is None else int(kept.size)
 
+    @staticmethod
+    def take(array: np.ndarray, positions: np.ndarray | None, axis: int) -> np.ndarray:
+        """``array`` restricted to ``positions`` along ``axis`` (unchanged for None)."""
+        return array if positions is None else np.take(array, positions, axis=axis)
+
+    def branch_group(self, layer: Layer) -> Group | None:
+        """The pruned Eltwise-MAX maxout group whose branch ``layer`` produces, if any."""
+        group = self.groups.of_layer(layer.name)
+        if group is None or group.id not in self.renumber or group.maxout is None or group.maxout.form != "eltwise-max":
+            return None
+        return group
+
+    def branch_rows(self, layer: Layer, group: Group, out_axis: int) -> list[np.ndarray]:
+        """Rows of branch p' of a pruned Eltwise-MAX maxout: unit u's p'-th surviving neuron, from whichever branch."""
+        maxout: Maxout = group.maxout
+        branch = maxout.branches.index(layer.name)
+        alive = self.renumber[group.id][maxout.neurons] >= 0
+        sources = [self.net.layer(name).blobs for name in maxout.branches]
+        gathered = [[] for _ in sources[0]]
+        for unit in np.nonzero(alive.any(axis=1))[0]:
+            origin = np.nonzero(alive[unit])[0][branch]
+            for i, blob in enumerate(sources[origin]):
+                gathered[i].append(np.take(blob, [unit], axis=out_axis if i == 0 else 0))
+        return [np.concatenate(parts, axis=out_axis if i == 0 else 0) for i, parts in enumerate(gathered)]
+
     # -- per layer -------------------------------------------------------------
     def run(self) -> caffe_pb2.NetParameter:
         for group in self.groups.groups:
@@ -89,9 +113,9 @@ class _Surgeon:
             param = caffe_pb2.LayerParameter()
             param.CopyFrom(layer.param)
             blobs = list(layer.blobs)
-            rewrite = REWRITES.get(layer.type)
-            if rewrite is not None:
-                blobs = rewrite(self, layer, param, blobs)
+            declaration = layers.lookup(layer.type)
+            if declaration is not None and not isinstance(declaration.rewrite, layers.NotApplicable):
+                blobs = declaration.rewrite(self, layer, param, blobs)
             self.blobs[layer.name] = blobs
             out.layer.add().CopyFrom(param)
         for group in self.groups.groups:
@@ -136,164 +160,6 @@ def _make_identity(param: caffe_pb2.LayerParameter) -> None:
     for name in ("slice_param", "eltwise_param"):
         param.ClearField(name)
     param.type = "Split"
-
-
-def _take(array: np.ndarray, positions: np.ndarray | None, axis: int) -> np.ndarray:
-    return array if positions is None else np.take(array, positions, axis=axis)
-
-
-def _rewrite_convolution(s: _Surgeon, layer: Layer, param, blobs):
-    conv = param.convolution_param
-    groups_count = conv.group
-    inputs = s.blob_positions(layer.bottoms[0])
-    if layer.name in s.groups.depthwise:
-        if inputs is not None:
-            conv.num_output = conv.group = int(inputs.size)
-            blobs = [_take(b, inputs, 0) for b in blobs]
-        return blobs
-    if _branch_group(s, layer) is not None:
-        blobs = _gather_branch_rows(s, layer, _branch_group(s, layer), 0)
-        conv.num_output = int(blobs[0].shape[0])
-    else:
-        rows = s.blob_positions(layer.tops[0])
-        if rows is not None:
-            conv.num_output = int(rows.size)
-            blobs = [_take(b, rows, 0) for b in blobs]
-    if inputs is not None and blobs:
-        blobs[0] = _grouped_columns(blobs[0], inputs, groups_count, int(s.shapes.blob(layer.bottoms[0])[1]),
-                                    in_axis=1, out_axis=0)
-    return blobs
-
-
-def _grouped_columns(weight: np.ndarray, inputs: np.ndarray, groups_count: int, old_inputs: int,
-                     in_axis: int, out_axis: int) -> np.ndarray:
-    """Keep input channels ``inputs`` of a (possibly grouped) convolution weight."""
-    if groups_count == 1:
-        return np.take(weight, inputs, axis=in_axis)
-    per_group_in = old_inputs // groups_count
-    per_group_out = weight.shape[out_axis] // groups_count
-    parts = []
-    for g in range(groups_count):
-        local = inputs[(inputs >= g * per_group_in) & (inputs < (g + 1) * per_group_in)] - g * per_group_in
-        rows = np.take(weight, np.arange(g * per_group_out, (g + 1) * per_group_out), axis=out_axis)
-        parts.append(np.take(rows, local, axis=in_axis))
-    return np.concatenate(parts, axis=out_axis)
-
-
-def _rewrite_deconvolution(s: _Surgeon, layer: Layer, param, blobs):
-    conv = param.convolution_param
-    rows = s.blob_positions(layer.tops[0])
-    inputs = s.blob_positions(layer.bottoms[0])
-    if rows is not None:
-        conv.num_output = int(rows.size)
-        if conv.group == 1:
-            blobs = [_take(blobs[0], rows, 1)] + [_take(b, rows, 0) for b in blobs[1:]]
-        else:
-            raise PlanError("pruning the outputs of a grouped Deconvolution is not supported", layer=layer.name)
-    if inputs is not None and blobs:
-        if conv.group != 1:
-            raise PlanError("pruning the inputs of a grouped Deconvolution is not supported", layer=layer.name)
-        blobs[0] = _take(blobs[0], inputs, 0)
-    return blobs
-
-
-def _rewrite_inner_product(s: _Surgeon, layer: Layer, param, blobs):
-    ip = param.inner_product_param
-    out_axis, in_axis = (1, 0) if ip.transpose else (0, 1)
-    maxout = _branch_group(s, layer)
-    if maxout is not None:
-        blobs = _gather_branch_rows(s, layer, maxout, out_axis)
-        ip.num_output = int(blobs[0].shape[out_axis])
-    else:
-        rows = s.blob_positions(layer.tops[0])
-        if rows is not None:
-            ip.num_output = int(rows.size)
-            blobs = [_take(blobs[0], rows, out_axis)] + [_take(b, rows, 0) for b in blobs[1:]]
-    inputs = s.blob_positions(layer.bottoms[0], flatten=True)
-    if inputs is not None and blobs:
-        blobs[0] = _take(blobs[0], inputs, in_axis)
-    return blobs
-
-
-def _branch_group(s: _Surgeon, layer: Layer) -> Group | None:
-    group = s.groups.of_layer(layer.name)
-    if group is None or group.id not in s.renumber or group.maxout is None or group.maxout.form != "eltwise-max":
-        return None
-    return group
-
-
-def _gather_branch_rows(s: _Surgeon, layer: Layer, group: Group, out_axis: int) -> list[np.ndarray]:
-    """Rows of branch p' of a pruned Eltwise-MAX maxout: unit u's p'-th surviving neuron, from whichever branch."""
-    maxout: Maxout = group.maxout
-    branch = maxout.branches.index(layer.name)
-    alive = s.renumber[group.id][maxout.neurons] >= 0
-    sources = [s.net.layer(name).blobs for name in maxout.branches]
-    gathered = [[] for _ in sources[0]]
-    for unit in np.nonzero(alive.any(axis=1))[0]:
-        origin = np.nonzero(alive[unit])[0][branch]
-        for i, blob in enumerate(sources[origin]):
-            gathered[i].append(np.take(blob, [unit], axis=out_axis if i == 0 else 0))
-    return [np.concatenate(parts, axis=out_axis if i == 0 else 0) for i, parts in enumerate(gathered)]
-
-
-def _rewrite_per_channel(s: _Surgeon, layer: Layer, param, blobs):
-    kept = s.blob_positions(layer.bottoms[0])
-    if kept is None:
-        return blobs
-    if layer.type == "BatchNorm":
-        return [_take(b, kept, 0) for b in blobs[:2]] + blobs[2:]
-    if layer.type == "PReLU" and param.prelu_param.channel_shared:
-        return blobs
-    return [_take(b, kept, 0) for b in blobs]
-
-
-def _rewrite_slice(s: _Surgeon, layer: Layer, param, blobs):
-    if s.groups.maxout_built_by(layer.name) is not None:
-        return blobs
-    slice_param = param.slice_param
-    axis = slice_param.axis if slice_param.HasField("axis") else (
-        slice_param.slice_dim if slice_param.HasField("slice_dim") else 1)
-    if axis % len(s.shapes.blob(layer.bottoms[0])) != 1:
-        return blobs
-    widths = [s.new_width(top) for top in layer.tops]
-    slice_param.ClearField("slice_point")
-    slice_param.slice_point.extend(np.cumsum(widths[:-1]).tolist())
-    return blobs
-
-
-def _rewrite_reshape(s: _Surgeon, layer: Layer, param, blobs):
-    dims = param.reshape_param.shape.dim
-    after = s.shapes.blob(layer.tops[0])
-    group = s.groups.maxout_built_by(layer.name)
-    if group is not None:
-        if group.id not in s.renumber:
-            return blobs
-        alive = s.renumber[group.id][group.maxout.neurons] >= 0
-        target = {1: int(alive.any(axis=1).sum()), 2: s.kept_k(group)}
-    else:
-        if len(after) != 2 or s.blob_positions(layer.bottoms[0]) is None:
-            return blobs
-        spatial = int(np.prod(s.shapes.blob(layer.bottoms[0])[2:], dtype=np.int64))
-        target = {1: s.new_width(layer.bottoms[0]) * spatial}
-    if param.reshape_param.axis != 0 or param.reshape_param.num_axes != -1 or len(dims) != len(after):
-        raise PlanError("cannot rewrite a Reshape with axis/num_axes around pruned channels", layer=layer.name)
-    for axis, value in target.items():
-        if dims[axis] > 0:
-            dims[axis] = value
-    return blobs
-
-
-REWRITES: dict[str, Callable] = {
-    "Convolution": _rewrite_convolution,
-    "Deconvolution": _rewrite_deconvolution,
-    "InnerProduct": _rewrite_inner_product,
-    "BatchNorm": _rewrite_per_channel,
-    "Scale": _rewrite_per_channel,
-    "Bias": _rewrite_per_channel,
-    "PReLU": _rewrite_per_channel,
-    "Slice": _rewrite_slice,
-    "Reshape": _rewrite_reshape,
-}
 
 
 def apply_plan(net: Net, shapes: NetShapes, groups: Groups, keep: dict[int, np.ndarray]) -> tuple[Net, NetShapes]:

@@ -12,10 +12,10 @@ from google.protobuf import text_format
 
 from caffe_surgery import caffe_pb2
 from caffe_surgery.errors import UnsupportedLayerError
-from caffe_surgery.export import DATA_TYPES, supported_types
+from caffe_surgery import layers
 from caffe_surgery.graph import build_net
 from caffe_surgery.model import load_model
-from caffe_surgery.onnx_export import export_onnx, graph_outputs, save_onnx, tensor_names
+from caffe_surgery.onnx_export import export_onnx, graph_outputs, save_onnx, supported_types, tensor_names
 from caffe_surgery.shapes import infer_shapes
 from conftest import REAL_MODELS
 from netgen import CORPUS, generate
@@ -81,7 +81,7 @@ def batch_one(net) -> dict[str, tuple[int, ...]]:
     """Input shapes of the net's data layers at batch 1."""
     shapes = infer_shapes(net)
     return {top.name: (1,) + tuple(shapes.blob(top))[1:]
-            for layer in net.layers if layer.type in DATA_TYPES for top in layer.tops}
+            for layer in net.layers if layers.is_data(layer.type) for top in layer.tops}
 
 
 @pytest.mark.parametrize("directory", sorted(REAL))
@@ -142,7 +142,7 @@ def test_corpus_lists_every_net_once():
 def test_corpus_covers_every_exportable_layer_type():
     used = {layer.type for spec in CORPUS.values()
             for layer in text_format.Parse(spec.text, caffe_pb2.NetParameter()).layer}
-    assert set(DATA_TYPES) - {"Input"} == set(DATA_PARAMS)  # tested by test_data_layers_become_inputs...
+    assert layers.types_of_kind(layers.DATA) - {"Input"} == set(DATA_PARAMS)  # tested by test_data_layers_become_inputs...
     assert set(supported_types()) - set(DATA_PARAMS) <= used
 
 
@@ -156,7 +156,7 @@ def test_corpus_matches_opencv_at_every_blob(name, tmp_path):
     generated, model = load_generated(name, tmp_path)
     net = model.net
     # Every final blob written by a single-top layer, so OpenCV can name it by its layer.
-    taps = [v for layer in net.layers if layer.type not in DATA_TYPES and len(layer.tops) == 1
+    taps = [v for layer in net.layers if not layers.is_data(layer.type) and len(layer.tops) == 1
             for v in layer.tops if v == net.final(v.name)]
     exported = export_onnx(net, model.shapes, taps=taps)
     check_model(exported)
@@ -339,7 +339,7 @@ def numpy_forward(net, feeds):
     """Every blob version of the net computed by the references (Split copies its bottom)."""
     values = {}
     for layer in net.layers:
-        if layer.type in DATA_TYPES:
+        if layers.is_data(layer.type):
             tops = [feeds[top.name] for top in layer.tops]
         elif layer.type == "Split":
             tops = [values[layer.bottoms[0]]] * len(layer.tops)
@@ -353,7 +353,7 @@ def numpy_forward(net, feeds):
 def test_corpus_matches_caffe_semantics(name, tmp_path):
     generated, model = load_generated(name, tmp_path)
     net = model.net
-    taps = [v for layer in net.layers if layer.type not in DATA_TYPES for v in layer.tops]
+    taps = [v for layer in net.layers if not layers.is_data(layer.type) for v in layer.tops]
     exported = export_onnx(net, model.shapes, taps=taps)
     check_model(exported)
     feeds = generated.inputs(np.random.default_rng(RNG_SEED))

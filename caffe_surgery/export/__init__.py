@@ -1,5 +1,4 @@
-"""Per-layer-type ONNX converters; importing the package registers them all."""
-from . import activation, arithmetic, conv, data, normalization, pooling, priorbox, tensor  # noqa: F401
-from .registry import CONVERTERS, DATA_TYPES, converter, is_dropped, supported_types
+"""What ONNX converters build with (``context``), the in-graph channel summaries and the PriorBox geometry.
 
-__all__ = ["CONVERTERS", "DATA_TYPES", "converter", "is_dropped", "supported_types"]
+The converters themselves live with their layer types in ``caffe_surgery.layers`` (the ``export`` facet).
+"""

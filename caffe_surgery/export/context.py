@@ -26,6 +26,7 @@ class GraphBuilder:
         self.inputs: list = []
         self.nodes: list = []
         self.initializers: list = []
+        self.batch_dependent: list[tuple[str, str]] = []
         self._taken = set(names.values())
 
     def unique(self, base: str) -> str:
@@ -88,6 +89,10 @@ class LayerContext:
             raise ShapeError(f"layer has {len(self.layer.blobs)} weight blobs, export needs {count} "
                              "(load the caffemodel first)", layer=self.layer.name)
         return [np.asarray(b, dtype=np.float32) for b in self.layer.blobs[:count]]
+
+    def batch_dependent(self, why: str) -> None:
+        """Report that this layer's Caffe result depends on the batch size (refused with a dynamic batch)."""
+        self.builder.batch_dependent.append((self.layer.name, why))
 
     def unsupported(self, what: str) -> UnsupportedLayerError:
         """An error for a form of this layer that cannot be exported."""

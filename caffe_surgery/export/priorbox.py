@@ -1,9 +1,7 @@
-"""SSD's PriorBox, folded to a constant: it depends only on shapes and parameters."""
+"""SSD's PriorBox geometry: the constant its top holds (it depends only on shapes and parameters)."""
 import numpy as np
 
 from ..priors import box_sizes
-from .context import LayerContext
-from .registry import converter
 
 
 def prior_boxes(param, layer_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
@@ -44,15 +42,3 @@ def _steps(param, default_h: float, default_w: float) -> tuple[float, float]:
     if param.HasField("step"):
         return param.step, param.step
     return default_h, default_w
-
-
-@converter("PriorBox")
-def prior_box(ctx: LayerContext) -> None:
-    """A constant computed from the feature map (bottom 0) and image (bottom 1) sizes."""
-    layer_hw = ctx.bottom_shape(0)[-2:]
-    image_hw = ctx.bottom_shape(1)[-2:]
-    try:
-        priors = prior_boxes(ctx.param.prior_box_param, layer_hw, image_hw)
-    except ValueError as exc:
-        raise ctx.unsupported(f"with invalid parameters ({exc})") from exc
-    ctx.node("Identity", [ctx.const(priors, "priors")], ctx.top())

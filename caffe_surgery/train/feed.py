@@ -11,16 +11,16 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .. import layers
 from ..data import Source, layer_batch_size, prefetch, source_from_layer
 from ..errors import DataError
 from ..graph import TRAIN, Layer, Net
 
-DATA_TYPES = ("Data", "ImageData")
 
 
 def feed_layer(net: Net) -> Layer:
     """The net's one Data or ImageData layer, else its first Input layer."""
-    data = [layer for layer in net.layers if layer.type in DATA_TYPES]
+    data = [layer for layer in net.layers if layers.reads_dataset(layer.type)]
     if len(data) > 1:
         raise DataError(f"the net has {len(data)} data layers ({', '.join(l.name for l in data)}); "
                         "training feeds exactly one", file=net.source)

@@ -5,9 +5,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import layers
 from ..errors import ShapeError, UnsupportedLayerError
 from ..graph import Layer
-from .fillers import Filler, constant_filler, fill
+from ..layers import Train
+from .fillers import Filler, fill
 
 DEFAULT_SEED = 1701
 """Seed of the fillers and of dropout when the solver sets no ``random_seed``."""
@@ -23,21 +25,17 @@ class BlobRule:
     trainable: bool
 
 
+def _train_facet(layer: Layer) -> Train | None:
+    declaration = layers.lookup(layer.type)
+    return declaration.train if declaration is not None and isinstance(declaration.train, Train) else None
+
+
 def _fillers(layer: Layer) -> list[Filler]:
-    """The filler of each blob, with the layer's own defaults (Caffe's LayerSetUp)."""
-    p = layer.param
-    if layer.type in ("Convolution", "Deconvolution"):
-        return [p.convolution_param.weight_filler, p.convolution_param.bias_filler]
-    if layer.type == "InnerProduct":
-        return [p.inner_product_param.weight_filler, p.inner_product_param.bias_filler]
-    if layer.type == "PReLU":
-        return [p.prelu_param.filler if p.prelu_param.HasField("filler") else constant_filler(0.25)]
-    if layer.type == "Scale":
-        scale = p.scale_param.filler if p.scale_param.HasField("filler") else constant_filler(1.0)
-        return ([] if len(layer.bottoms) == 2 else [scale]) + [p.scale_param.bias_filler]
-    if layer.type == "BatchNorm":
-        return [constant_filler(0.0)] * 3
-    raise UnsupportedLayerError(f"no filler rule for the blobs of a {layer.type} layer", layer=layer.name)
+    """The filler of each blob, with the layer's own defaults (Caffe's LayerSetUp), as its type declares."""
+    facet = _train_facet(layer)
+    if facet is None or facet.fillers is None:
+        raise UnsupportedLayerError(f"no filler rule for the blobs of a {layer.type} layer", layer=layer.name)
+    return facet.fillers(layer)
 
 
 def initial_blobs(layer: Layer, shapes: list[tuple[int, ...]], rng: np.random.Generator) -> list[np.ndarray]:
@@ -53,12 +51,15 @@ def initial_blobs(layer: Layer, shapes: list[tuple[int, ...]], rng: np.random.Ge
 
 
 def blob_rules(layer: Layer, count: int) -> list[BlobRule]:
-    """The ParamSpec of each blob (lr_mult and decay_mult default 1); BatchNorm statistics never train."""
+    """The ParamSpec of each blob (lr_mult and decay_mult default 1); blobs a type declares as not learning
+    (BatchNorm's statistics) never train."""
+    facet = _train_facet(layer)
+    learns = facet is None or facet.learns
     rules = []
     for index in range(count):
         spec = layer.param.param[index] if index < len(layer.param.param) else None
         lr_mult = spec.lr_mult if spec is not None else 1.0
         decay_mult = spec.decay_mult if spec is not None else 1.0
-        trainable = layer.type != "BatchNorm" and lr_mult != 0
+        trainable = learns and lr_mult != 0
         rules.append(BlobRule(lr_mult, decay_mult, spec.name if spec is not None else "", trainable))
     return rules

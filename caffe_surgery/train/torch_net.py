@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import layers
 from ..errors import CaffeSurgeryError, ShapeError
 from ..graph import TEST, Net
 from ..shapes import NetShapes
 from .layers import make_op
 from .params import DEFAULT_SEED, BlobRule, blob_rules, initial_blobs
 
-SOURCE_TYPES = ("Data", "ImageData", "Input")
 
 
 @dataclass
@@ -60,7 +60,7 @@ class TorchNet(nn.Module):
         owners: dict[str, nn.Parameter] = {}
         for layer in net.layers:
             try:
-                op = None if layer.type in SOURCE_TYPES else make_op(layer, [shapes.blob(b) for b in layer.bottoms],
+                op = None if layers.fed_by_trainer(layer.type) else make_op(layer, [shapes.blob(b) for b in layer.bottoms],
                                                                     phase)
                 param_shapes = shapes.layer(layer.name).param_shapes or []
                 if share_with is not None and layer.name in share_with.layer_blobs:

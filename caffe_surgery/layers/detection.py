@@ -1,0 +1,65 @@
+"""SSD's detection layers: PriorBox (folded to a constant) and DetectionOutput."""
+from __future__ import annotations
+
+from .. import caffe_pb2
+from ..export.context import LayerContext
+from ..export.priorbox import prior_boxes
+from ..graph import Layer
+from ..priors import box_sizes
+from .channels import PIN
+from .registry import Departure, LayerType, NotApplicable, declare
+from .shape_rules import Rule, Shape, fail
+
+
+def prior_box(ctx: LayerContext) -> None:
+    """A constant computed from the feature map (bottom 0) and image (bottom 1) sizes."""
+    layer_hw = ctx.bottom_shape(0)[-2:]
+    image_hw = ctx.bottom_shape(1)[-2:]
+    try:
+        priors = prior_boxes(ctx.param.prior_box_param, layer_hw, image_hw)
+    except ValueError as exc:
+        raise ctx.unsupported(f"with invalid parameters ({exc})") from exc
+    ctx.node("Identity", [ctx.const(priors, "priors")], ctx.top())
+
+
+def _num_priors(p: caffe_pb2.PriorBoxParameter) -> int:
+    """Caffe-SSD's count: one prior per min_size and aspect ratio, plus one per max_size."""
+    if not len(p.min_size):
+        fail("prior_box_param needs at least one min_size")
+    if len(p.max_size) and len(p.max_size) != len(p.min_size):
+        fail(f"{len(p.max_size)} max_size values for {len(p.min_size)} min_size values")
+    return len(box_sizes(p))
+
+
+def _prior_box(layer: Layer, bottoms: list[Shape]) -> Rule:
+    """(1, 2, H*W*num_priors*4): box corners, then their variances."""
+    shape = bottoms[0]
+    if len(shape) != 4:
+        fail(f"PriorBox needs a 4-D feature map, got {shape}")
+    return Rule([(1, 2, shape[2] * shape[3] * _num_priors(layer.param.prior_box_param) * 4)])
+
+
+def _detection_output(layer: Layer, bottoms: list[Shape]) -> Rule:
+    """Data-dependent in Caffe: forward reshapes to (1, 1, detections kept, 7). The declared
+    shape here is (1, 1, keep_top_k, 7), or (1, 1, 1, 7) without keep_top_k (Caffe's pre-forward shape)."""
+    keep = layer.param.detection_output_param.keep_top_k
+    return Rule([(1, 1, keep if keep > 0 else 1, 7)])
+
+
+def _priorbox_departs(layer: Layer) -> bool:
+    p = layer.param.prior_box_param
+    return p.HasField("img_size") or p.HasField("img_h") or p.HasField("img_w") or not len(p.variance)
+
+
+_NO_TORCH = NotApplicable("not differentiable with respect to its inputs; no torch op")
+
+declare(
+    LayerType("PriorBox", shape=_prior_box, export=prior_box, channels=PIN,
+              rewrite=NotApplicable("it reads only its bottoms' shapes and has no blobs"), train=_NO_TORCH,
+              bottoms=2,
+              departures=(Departure("OpenCV's PriorBox ignores img_size/img_h/img_w and needs a variance",
+                                    _priorbox_departs),)),
+    LayerType("DetectionOutput", shape=_detection_output,
+              export=NotApplicable("data-dependent output: no ONNX converter is written for it yet"),
+              channels=PIN, rewrite=NotApplicable("it mixes channels (pinned)"), train=_NO_TORCH, bottoms=(3, 4)),
+)

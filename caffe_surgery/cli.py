@@ -8,7 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import caffe_pb2
+from . import caffe_pb2, layers
 from .criteria import CRITERIA
 from .errors import CaffeSurgeryError
 
@@ -518,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every verb."""
     parser = argparse.ArgumentParser(prog="caffe-surgery", description="Inspect, export and prune legacy Caffe models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                        help="a Python file declaring layer types (repeatable; before or after the verb)")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     info = _verb(verbs, "info", "per-layer table: shapes, parameters, MACs (or the channel groups)", cmd_info)
@@ -651,13 +653,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 1 on bad input (one line on stderr), 2 on usage errors."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    plugins, argv = _plugin_files(list(sys.argv[1:] if argv is None else argv))
     if argv[:2] == ["relevance", "merge"]:
         return _main_merge(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.plugin = plugins
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    return run_command(args.run, args, args.debug)
+    return run_command(_with_plugins(args.run, plugins), args, args.debug)
+
+
+def _plugin_files(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The ``--plugin FILE`` options wherever they stand (before or after the verb), and the other arguments."""
+    plugins, rest, args = [], [], iter(argv)
+    for arg in args:
+        if arg == "--plugin":
+            plugins.append(next(args, ""))
+        elif arg.startswith("--plugin="):
+            plugins.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return plugins, rest
+
+
+def _with_plugins(command, plugins: list[str]):
+    """The verb, run after the plugin files have declared their layer types."""
+    def run(args):
+        for path in plugins:
+            layers.load_plugin_file(path)
+        return command(args)
+    return run
 
 
 def _main_merge(argv: list[str]) -> int:

@@ -30,6 +30,8 @@ def _describe(exc: BaseException) -> str:
 
 def load_plugin_file(path: str | os.PathLike) -> None:
     """Import a plugin file, registering the layer types it declares (a file loads once)."""
+    if not os.fspath(path):
+        raise PluginError("--plugin needs a FILE")
     path = os.path.abspath(os.fspath(path))
     if path in _loaded_files:
         return

@@ -71,7 +71,8 @@ class Runtime:
         names = tensor_names(net)
         self._keys = {names[v]: v.key for v in self.outputs}
         self._keys.update({summary_name(names[v]): summary_name(v.key) for v in summaries})
-        self._joins = {self._keys[o.name]: _join_rule(o.shape, self.fixed_batch) for o in self.session.get_outputs()}
+        varying = _input_dependent(model.graph) if self.fixed_batch is not None else None
+        self._joins = {self._keys[o.name]: _join_rule(o.name, o.shape, varying) for o in self.session.get_outputs()}
         self._joins.update({summary_name(v.key): "sum" for v in summaries})
         self.inputs = {i.name: tuple(i.shape) for i in self.session.get_inputs()}
         self.batch_size = batch_size
@@ -144,15 +145,25 @@ class Runtime:
         return feeds
 
 
-def _join_rule(shape: list, fixed_batch: int | None) -> str:
+def _join_rule(name: str, shape: list, varying: set[str] | None) -> str:
     """How chunked results of an output join: 'concat' along the batch, 'constant' (a static dim 0, e.g.
     PriorBox: every chunk gives the same) or 'mixed' (a 0-axis value over the whole batch). Channel
-    summaries are added up ('sum'). In a fixed-batch graph, dim 0 equal to the batch is the batch."""
+    summaries are added up ('sum'). In a fixed-batch graph (``varying``: the tensors computed from the
+    inputs) every forward's result is stacked, constants excepted."""
     if not shape:
         return "mixed"
-    if fixed_batch is not None:
-        return "concat" if shape[0] == fixed_batch else "constant"
+    if varying is not None:
+        return "concat" if name in varying else "constant"
     return "constant" if isinstance(shape[0], int) else "concat"
+
+
+def _input_dependent(graph) -> set[str]:
+    """Names of the tensors of ``graph`` computed from its inputs (nodes are in topological order)."""
+    varying = {i.name for i in graph.input}
+    for node in graph.node:
+        if varying.intersection(node.input):
+            varying.update(node.output)
+    return varying
 
 
 def _count(feeds: Arrays) -> int:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import layers
 from .errors import PlanError
 from .graph import Net
 from .groups import Group, Groups
@@ -82,8 +83,9 @@ def resolve_plan(plan: Plan, net: Net, groups: Groups, source: str | None = None
             raise PlanError("plan names a layer that is not in the net", file=source, layer=layer_name)
         group = groups.of_layer(layer_name)
         if group is None:
+            producers = ", ".join(d.name for d in layers.declarations() if d.channels.produces)
             raise PlanError(f"{net.layer(layer_name).type} layer does not open a channel group "
-                            "(only Convolution, Deconvolution and InnerProduct do)", file=source, layer=layer_name)
+                            f"(only {producers} do)", file=source, layer=layer_name)
         if group.pinned:
             raise PlanError(f"its channels cannot be pruned: {'; '.join(group.pinned)}", file=source, layer=layer_name)
         kept = np.array(sorted(indices), dtype=np.int64)

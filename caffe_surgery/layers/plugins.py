@@ -37,7 +37,7 @@ def load_plugin_file(path: str | os.PathLike) -> None:
         return
     if not os.path.isfile(path):
         raise PluginError("plugin file does not exist", file=path)
-    registry.lookup("")  # built-in types first, so a plugin redeclaring one is caught whatever the order
+    registry.declarations()  # built-in types first, so a plugin redeclaring one is caught whatever the order
     name = "caffe_surgery_plugin_" + hashlib.sha1(path.encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:

@@ -173,26 +173,23 @@ def argmax(ctx: LayerContext) -> None:
 # ------------------------------------------------------------------ axes
 
 
-def concat_axis(p, ndim: int) -> int:
-    """The Concat axis: legacy ``concat_dim`` when given, else ``axis``; Caffe refuses both at once."""
-    if p.HasField("concat_dim") and p.HasField("axis"):
-        fail("give either axis or concat_dim, not both (Caffe refuses both)")
-    if p.HasField("concat_dim"):
-        if p.concat_dim >= ndim:
-            fail(f"concat_dim {p.concat_dim} is out of range for a {ndim}-D bottom")
-        return p.concat_dim
+def legacy_axis(p, legacy: str, ndim: int) -> int:
+    """Concat's/Slice's axis: the legacy ``concat_dim``/``slice_dim`` when given, else ``axis``; Caffe refuses both."""
+    if p.HasField(legacy) and p.HasField("axis"):
+        fail(f"give either axis or {legacy}, not both (Caffe refuses both)")
+    if p.HasField(legacy):
+        if getattr(p, legacy) >= ndim:
+            fail(f"{legacy} {getattr(p, legacy)} is out of range for a {ndim}-D bottom")
+        return getattr(p, legacy)
     return canonical_axis(p.axis, ndim)
+
+
+def concat_axis(p, ndim: int) -> int:
+    return legacy_axis(p, "concat_dim", ndim)
 
 
 def slice_axis(p, ndim: int) -> int:
-    """The Slice axis: legacy ``slice_dim`` when given, else ``axis``; Caffe refuses both at once."""
-    if p.HasField("slice_dim") and p.HasField("axis"):
-        fail("give either axis or slice_dim, not both (Caffe refuses both)")
-    if p.HasField("slice_dim"):
-        if p.slice_dim >= ndim:
-            fail(f"slice_dim {p.slice_dim} is out of range for a {ndim}-D bottom")
-        return p.slice_dim
-    return canonical_axis(p.axis, ndim)
+    return legacy_axis(p, "slice_dim", ndim)
 
 
 def reshape_span(p, ndim: int) -> tuple[int, int, list[int]]:

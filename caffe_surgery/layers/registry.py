@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CaffeSurgeryError
+from .channels import ChannelRule
 
 LAYER = "layer"
 DATA = "data"
@@ -92,7 +93,7 @@ class LayerType:
     name: str
     shape: Callable | NotApplicable
     export: Callable | NotApplicable
-    channels: Any  # a ChannelRule
+    channels: ChannelRule
     rewrite: Callable | NotApplicable
     train: Train | NotApplicable
     bottoms: int | tuple[int, int | None] = 1
@@ -110,7 +111,8 @@ class LayerType:
         object.__setattr__(self, "departures", tuple(self.departures))
         for facet in FACETS:
             value = getattr(self, facet)
-            if not (callable(value) or isinstance(value, (NotApplicable, Train)) or hasattr(value, "apply")):
+            expected = {"channels": ChannelRule, "train": (Train, NotApplicable)}.get(facet)
+            if not (isinstance(value, expected) if expected else callable(value) or isinstance(value, NotApplicable)):
                 raise RegistryError(f"layer type '{self.name}': facet '{facet}' must be given "
                                     f"(or NotApplicable('reason')), got {value!r}")
 
@@ -176,9 +178,3 @@ def types_with(facet: str) -> list[str]:
 def types_of_kind(kind: str) -> frozenset[str]:
     """The type names of one kind (LAYER, DATA or TRAINING_ONLY)."""
     return frozenset(d.name for d in declarations() if d.kind == kind)
-
-
-def kind_of(type_name: str) -> str | None:
-    """The kind of a declared type; None for an unknown one."""
-    declaration = lookup(type_name)
-    return declaration.kind if declaration is not None else None

@@ -131,8 +131,8 @@ def _join_rule(shape: list) -> str:
     """How chunked results of an output join: 'concat' along the batch, 'constant' (a static dim 0, e.g.
     PriorBox: every chunk gives the same) or 'mixed' (a 0-axis value over the whole batch). Channel
     summaries are added up ('sum')."""
-    if not shape:
-        return "mixed"
+    if not shape or not all(isinstance(d, int) for d in shape[1:]):
+        return "mixed"  # also a data-dependent size such as DetectionOutput's row count
     return "constant" if isinstance(shape[0], int) else "concat"
 
 

@@ -1,0 +1,210 @@
+"""SSD's DetectionOutput: decode the boxes, per-class NMS, keep the best across classes.
+
+The graph follows Caffe's layer: bottoms are the location offsets (N, priors * 4, or
+priors * classes * 4 without ``share_location``), the confidences (N, priors * classes,
+softmaxed already) and the priors (1, 2, priors * 4: corner boxes, then variances). Per
+image and class other than ``background_label_id``, the ``top_k`` best scores above
+``confidence_threshold`` go through greedy NMS (IoU > ``nms_threshold`` suppresses);
+then each image keeps its ``keep_top_k`` best detections. The top is (1, 1, M, 7) rows
+``[image, label, score, xmin, ymin, xmax, ymax]`` ordered by image, label, then score
+(descending), M data-dependent; with no detection at all, one row per image
+``[image, -1, -1, -1, -1, -1, -1]`` as Caffe writes it. Decoded boxes are not clipped
+(Caffe's DetectionOutput decodes with ``clip_bbox`` false). Only standard ops of opset 13.
+"""
+import numpy as np
+from onnx import TensorProto
+
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from ..caffe_pb2 import PriorBoxParameter
+from .context import LayerContext
+from .registry import converter
+
+ROW_WIDTH = 7
+CORNER, CENTER_SIZE, CORNER_SIZE = PriorBoxParameter.CORNER, PriorBoxParameter.CENTER_SIZE, 3
+"""SSD's CodeType values; CORNER_SIZE is not in this schema (its facts), so it arrives as an unknown field."""
+_CODE_TYPE_FIELD = 6
+
+
+@converter("DetectionOutput")
+def detection_output(ctx: LayerContext) -> None:
+    p = ctx.param.detection_output_param
+    classes = p.num_classes
+    nms = p.nms_param
+    if nms.eta < 1 and nms.nms_threshold > 0.5:
+        raise ctx.unsupported(f"with adaptive NMS (eta {nms.eta:g} < 1 and nms_threshold {nms.nms_threshold:g} "
+                              "> 0.5)")
+    priors = _prior_count(ctx, classes)
+    loc_classes = 1 if p.share_location else classes
+    decoded = _decode(ctx, code_type(p), p.variance_encoded_in_target, priors, loc_classes)
+    labels = [c for c in range(classes) if c != p.background_label_id]
+    top_k = priors if not nms.HasField("top_k") or nms.top_k < 0 else min(nms.top_k, priors)
+    threshold = p.confidence_threshold if p.HasField("confidence_threshold") else None
+    rows = _per_class_nms(ctx, decoded, labels, priors, p.share_location, top_k, nms.nms_threshold, threshold)
+    rows = _sort_rows(ctx, rows, classes, p.keep_top_k)
+    rows = _or_empty_rows(ctx, rows)
+    ctx.unsqueeze(rows, [0, 1], ctx.top())
+    ctx.builder.declare_output(ctx.top(), [1, 1, f"{ctx.layer.name}_detections", ROW_WIDTH])
+
+
+def code_type(param) -> int:
+    """The DetectionOutputParameter's code_type, also when its value (CORNER_SIZE) is unknown to the schema."""
+    unknown = [f.data for f in UnknownFieldSet(param) if f.field_number == _CODE_TYPE_FIELD and f.wire_type == 0]
+    return unknown[-1] if unknown and not param.HasField("code_type") else param.code_type
+
+
+def _prior_count(ctx: LayerContext, classes: int) -> int:
+    """Priors in the prior bottom, checked against the location and confidence sizes."""
+    prior_shape = ctx.bottom_shape(2)
+    if len(prior_shape) < 2 or prior_shape[-2] != 2 or prior_shape[-1] % 4:
+        raise ctx.unsupported(f"with a prior bottom of shape {prior_shape} (expected (1, 2, priors * 4))")
+    priors = prior_shape[-1] // 4
+    loc_size = _per_sample(ctx.bottom_shape(0))
+    conf_size = _per_sample(ctx.bottom_shape(1))
+    loc_classes = 1 if ctx.param.detection_output_param.share_location else classes
+    if classes < 1 or loc_size != priors * loc_classes * 4 or conf_size != priors * classes:
+        raise ctx.unsupported(f"with {loc_size} location and {conf_size} confidence values per sample for "
+                              f"{priors} priors and {classes} classes")
+    return priors
+
+
+def _per_sample(shape) -> int:
+    size = 1
+    for dim in shape[1:]:
+        size *= dim
+    return size
+
+
+def _halves(ctx: LayerContext, x: str) -> tuple[str, str]:
+    """The first and last two coordinates of the last axis: (xmin, ymin) and (xmax, ymax)."""
+    return tuple(ctx.multi("Split", [x, ctx.ints([2, 2], "halves")], [ctx.fresh("low"), ctx.fresh("high")],
+                           axis=-1))
+
+
+def _decode(ctx: LayerContext, code_type: int, variance_in_target: bool, priors: int, loc_classes: int) -> str:
+    """Decoded corner boxes, (N, priors, location classes, 4), as Caffe's DecodeBBox (no clipping)."""
+    loc = ctx.reshape(ctx.bottom(0), [ctx.bottom_shape(0)[0], priors, loc_classes, 4], keeps_batch=True)
+    first = ctx.node("Slice", [ctx.bottom(2), ctx.ints([0], "start"), ctx.ints([1], "end"), ctx.ints([0], "axis")])
+    prior_data = ctx.node("Reshape", [first, ctx.ints([2, priors, 1, 4], "prior_shape")])
+    boxes, variances = ctx.multi("Split", [prior_data, ctx.ints([1, 1], "split")],
+                                 [ctx.fresh("prior_boxes"), ctx.fresh("variances")], axis=0)
+    boxes = ctx.node("Squeeze", [boxes, ctx.ints([0], "axes")])
+    offsets = loc if variance_in_target else ctx.node("Mul", [loc, ctx.node("Squeeze", [variances, ctx.ints([0], "axes")])])
+    if code_type == CORNER:
+        return ctx.node("Add", [boxes, offsets])
+    low, high = _halves(ctx, boxes)
+    size = ctx.node("Sub", [high, low])
+    if code_type == CORNER_SIZE:
+        return ctx.node("Add", [boxes, ctx.node("Mul", [offsets, ctx.node("Concat", [size, size], axis=-1)])])
+    if code_type != CENTER_SIZE:
+        raise ctx.unsupported(f"with code_type {code_type}")
+    prior_center = ctx.node("Div", [ctx.node("Add", [low, high]), ctx.const(2.0, "two")])
+    shift, scale = _halves(ctx, offsets)
+    center = ctx.node("Add", [ctx.node("Mul", [shift, size]), prior_center])
+    half = ctx.node("Div", [ctx.node("Mul", [ctx.node("Exp", [scale]), size]), ctx.const(2.0, "two")])
+    return ctx.node("Concat", [ctx.node("Sub", [center, half]), ctx.node("Add", [center, half])], axis=-1)
+
+
+def _per_class_nms(ctx: LayerContext, decoded: str, labels: list[int], priors: int, share_location: bool,
+                   top_k: int, nms_threshold: float, threshold: float | None) -> str:
+    """(M, 7) rows of the detections NMS keeps per image and class, in no particular order.
+
+    Each (image, class) pair becomes one NonMaxSuppression batch holding its ``top_k`` best candidates
+    (Caffe ranks before NMS; ONNX's max_output_boxes_per_class would count after it).
+    """
+    kinds = len(labels)
+    conf = ctx.reshape(ctx.bottom(1), [ctx.bottom_shape(1)[0], priors, -1], keeps_batch=True)
+    conf = ctx.node("Gather", [ctx.node("Transpose", [conf], perm=[0, 2, 1]), ctx.ints(labels, "labels")], axis=1)
+    scores, order = ctx.multi("TopK", [conf, ctx.ints([top_k], "top_k")], [ctx.fresh("scores"), ctx.fresh("order")],
+                              axis=2)
+    if share_location:  # (N, P, 1, 4) -> (N, kinds, P, 4)
+        boxes = ctx.node("Expand", [ctx.node("Transpose", [decoded], perm=[0, 2, 1, 3]), ctx.ints([1, kinds, 1, 1], "kinds")])
+    else:
+        boxes = ctx.node("Gather", [ctx.node("Transpose", [decoded], perm=[0, 2, 1, 3]), ctx.ints(labels, "box_labels")],
+                         axis=1)
+    picks = ctx.node("Expand", [ctx.unsqueeze(order, [3]), ctx.ints([1, 1, 1, 4], "corners")])
+    candidates = ctx.node("Reshape", [ctx.node("GatherElements", [boxes, picks], axis=2), ctx.ints([-1, top_k, 4], "boxes")])
+    low, high = _halves(ctx, candidates)
+    # An inverted box has area 0 in Caffe; NonMaxSuppression would reorder its corners instead.
+    nms_boxes = ctx.node("Concat", [low, ctx.node("Max", [low, high])], axis=-1)
+    nms_scores = ctx.node("Reshape", [scores, ctx.ints([-1, 1, top_k], "nms_scores")])
+    inputs = [nms_boxes, nms_scores, ctx.ints([top_k], "max_boxes"), ctx.const([nms_threshold], "iou")]
+    if threshold is not None:
+        inputs.append(ctx.const([threshold], "confidence"))
+    selected = ctx.node("NonMaxSuppression", inputs)
+    pair, _, slot = ctx.multi("Split", [selected, ctx.ints([1, 1, 1], "columns")],
+                              [ctx.fresh("pair"), ctx.fresh("class"), ctx.fresh("slot")], axis=1)
+    flat = ctx.node("Add", [ctx.node("Mul", [pair, ctx.ints([top_k], "stride")]), slot])
+    flat = ctx.node("Squeeze", [flat, ctx.ints([1], "axes")])
+    kinds_const = ctx.ints([kinds], "kinds_count")
+    image = ctx.node("Cast", [ctx.node("Div", [pair, kinds_const])], to=TensorProto.FLOAT)
+    label = ctx.node("Gather", [ctx.const([float(c) for c in labels], "label_values"),
+                                ctx.node("Mod", [pair, kinds_const])])
+    score = ctx.unsqueeze(ctx.node("Gather", [ctx.node("Reshape", [scores, ctx.ints([-1], "flat")]), flat]), [1])
+    box = ctx.node("Gather", [ctx.node("Reshape", [candidates, ctx.ints([-1, 4], "flat_boxes")]), flat])
+    return ctx.node("Concat", [image, label, score, box], axis=1)
+
+
+def _stable_order(ctx: LayerContext, rows: str, column: int, largest: bool) -> str:
+    """``rows`` sorted by one column; equal keys keep their order (TopK's ties go to the lower index)."""
+    key = ctx.node("Gather", [rows, ctx.ints([column], "column")], axis=1)
+    key = ctx.node("Squeeze", [key, ctx.ints([1], "axes")])
+    return _sorted_by(ctx, rows, key, largest)
+
+
+def _sorted_by(ctx: LayerContext, rows: str, key: str, largest: bool) -> str:
+    count = ctx.node("Shape", [key])
+    _, order = ctx.multi("TopK", [key, count], [ctx.fresh("keys"), ctx.fresh("order")], axis=0,
+                         largest=int(largest), sorted=1)
+    return ctx.node("Gather", [rows, order])
+
+
+def _sort_rows(ctx: LayerContext, rows: str, classes: int, keep_top_k: int) -> str:
+    """Caffe's order (image, label, score descending), keeping each image's ``keep_top_k`` best (-1: all)."""
+    rows = _stable_order(ctx, rows, 2, largest=True)
+    if keep_top_k > -1:
+        rows = _stable_order(ctx, rows, 0, largest=False)
+        image = ctx.node("Cast", [ctx.node("Squeeze", [ctx.node("Gather", [rows, ctx.ints([0], "image_col")], axis=1),
+                                                       ctx.ints([1], "axes")])], to=TensorProto.INT64)
+        images = ctx.node("Range", [_int(ctx, 0, "zero"), _batch(ctx), _int(ctx, 1, "one")])
+        member = ctx.node("Cast", [ctx.node("Equal", [ctx.unsqueeze(image, [1]), ctx.unsqueeze(images, [0])])],
+                          to=TensorProto.INT64)
+        counts = ctx.reduce("ReduceSum", member, [0], keepdims=False)
+        starts = ctx.node("CumSum", [counts, _int(ctx, 0, "axis0")], exclusive=1)
+        position = ctx.node("Range", [_int(ctx, 0, "zero"),
+                                      ctx.node("Squeeze", [ctx.node("Shape", [image]), ctx.ints([0], "axes")]),
+                                      _int(ctx, 1, "one")])
+        rank = ctx.node("Sub", [position, ctx.node("Gather", [starts, image])])
+        kept = ctx.node("NonZero", [ctx.node("Less", [rank, _int(ctx, keep_top_k, "keep_top_k")])])
+        rows = ctx.node("Gather", [rows, ctx.node("Squeeze", [kept, ctx.ints([0], "axes")])])
+    image, label = (ctx.node("Squeeze", [ctx.node("Gather", [rows, ctx.ints([c], "col")], axis=1), ctx.ints([1], "axes")])
+                    for c in (0, 1))
+    key = ctx.node("Add", [ctx.node("Mul", [image, ctx.const(float(classes), "classes")]), label])
+    return _sorted_by(ctx, rows, key, largest=False)
+
+
+def _int(ctx: LayerContext, value: int, hint: str) -> str:
+    """An int64 scalar constant."""
+    return ctx.const(value, hint, np.int64)
+
+
+def _batch(ctx: LayerContext) -> str:
+    """The batch size as an int64 scalar."""
+    shape = ctx.node("Shape", [ctx.bottom(1)])
+    return ctx.node("Squeeze", [ctx.node("Slice", [shape, ctx.ints([0], "s"), ctx.ints([1], "e")]), ctx.ints([0], "axes")])
+
+
+def _or_empty_rows(ctx: LayerContext, rows: str) -> str:
+    """``rows``, or Caffe's one row ``[image, -1 x 6]`` per image when there are none."""
+    batch = _batch(ctx)
+    images = ctx.node("Cast", [ctx.node("Range", [_int(ctx, 0, "zero"), batch,
+                                                  _int(ctx, 1, "one")])], to=TensorProto.FLOAT)
+    fillers = ctx.node("Expand", [ctx.const([[-1.0] * (ROW_WIDTH - 1)], "fill"),
+                                  ctx.node("Concat", [ctx.unsqueeze(batch, [0]), ctx.ints([ROW_WIDTH - 1], "w")],
+                                           axis=0)])
+    empty = ctx.node("Concat", [ctx.unsqueeze(images, [1]), fillers], axis=1)
+    count = ctx.node("Shape", [rows])
+    count = ctx.node("Slice", [count, ctx.ints([0], "s"), ctx.ints([1], "e")])
+    none = ctx.node("Cast", [ctx.node("Equal", [count, ctx.ints([0], "zero_rows")])], to=TensorProto.INT64)
+    end = ctx.node("Add", [count, ctx.node("Mul", [none, ctx.unsqueeze(batch, [0])])])
+    return ctx.node("Slice", [ctx.node("Concat", [rows, empty], axis=0), ctx.ints([0], "start"), end, ctx.ints([0], "axis")])

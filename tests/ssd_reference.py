@@ -99,3 +99,12 @@ def detection_output(loc: np.ndarray, conf: np.ndarray, prior: np.ndarray, *, nu
     if not rows:
         rows = [[image] + [-1] * 6 for image in range(batch)]
     return np.asarray(rows, np.float32).reshape(1, 1, -1, 7)
+
+
+def comparable(detections: np.ndarray) -> np.ndarray:
+    """Rows (image, label, score, box) sorted, less the all-zero rows OpenCV pads up to keep_top_k with: the
+    same set of detections compares equal whatever the order (OpenCV sorts by score when keep_top_k cuts,
+    Caffe by label)."""
+    rows = detections.reshape(-1, 7)
+    rows = rows[np.abs(rows).sum(axis=1) != 0]
+    return rows[np.lexsort((rows[:, 3], rows[:, 2], rows[:, 1], rows[:, 0]))]

@@ -127,11 +127,16 @@ def _per_class_nms(ctx: LayerContext, decoded: str, labels: list[int], priors: i
     low, high = _halves(ctx, candidates)
     # An inverted box has area 0 in Caffe; NonMaxSuppression would reorder its corners instead.
     nms_boxes = ctx.node("Concat", [low, ctx.node("Max", [low, high])], axis=-1)
-    nms_scores = ctx.node("Reshape", [scores, ctx.ints([-1, 1, top_k], "nms_scores")])
-    inputs = [nms_boxes, nms_scores, ctx.ints([top_k], "max_boxes"), ctx.const([nms_threshold], "iou")]
+    # NMS visits candidates by rank (top_k for the best ... 1), so equal scores keep Caffe's stable order;
+    # those not above confidence_threshold get rank 0, which the score threshold 0 drops.
+    ranks = ctx.const(list(range(top_k, 0, -1)), "ranks")
     if threshold is not None:
-        inputs.append(ctx.const([threshold], "confidence"))
-    selected = ctx.node("NonMaxSuppression", inputs)
+        above = ctx.node("Greater", [scores, ctx.const(threshold, "confidence")])
+        ranks = ctx.node("Where", [above, ranks, ctx.const(0.0, "rank_zero")])
+    nms_scores = ctx.node("Reshape", [ctx.node("Expand", [ranks, ctx.node("Shape", [scores])]),
+                                      ctx.ints([-1, 1, top_k], "nms_scores")])
+    selected = ctx.node("NonMaxSuppression", [nms_boxes, nms_scores, ctx.ints([top_k], "max_boxes"),
+                                              ctx.const([nms_threshold], "iou"), ctx.const([0.0], "no_rank")])
     pair, _, slot = ctx.multi("Split", [selected, ctx.ints([1, 1, 1], "columns")],
                               [ctx.fresh("pair"), ctx.fresh("class"), ctx.fresh("slot")], axis=1)
     flat = ctx.node("Add", [ctx.node("Mul", [pair, ctx.ints([top_k], "stride")]), slot])

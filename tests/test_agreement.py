@@ -177,3 +177,11 @@ def test_prune_detector_within_an_agreement_tolerance(tmp_path, capsys):
         found = sorted_detections(Runtime(model.net, model.shapes).run(centered)["detection_out"])
         assert set(found[found[:, 2] >= 0.5, 0]) == {0, 1, 2, 3}
     assert plan["curve"][-1]["accuracy"] < 0.95 or plan["curve"][-1]["ratio"] >= 0.95  # stopped by the tolerance
+
+
+@needs_real
+def test_eval_refuses_a_detector(tmp_path, capsys):
+    np.save(tmp_path / "images.npy", np.zeros((2, 3, 240, 320), np.float32))
+    code, _, err = run(capsys, "eval", YUNET / "yufacedetectnet-open-v1.prototxt", "-w",
+                       YUNET / "yufacedetectnet-open-v1.caffemodel", "--data", f"npy:{tmp_path / 'images.npy'}")
+    assert code == 1 and "detection_out: a detector's output holds detections, not class scores" in err

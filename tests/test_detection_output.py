@@ -23,12 +23,13 @@ TOLERANCE = 1e-4
 CODE_NAMES = {ssd_reference.CORNER: "CORNER", ssd_reference.CENTER_SIZE: "CENTER_SIZE"}
 
 
-def head_prototxt(share_location: bool, params: str, batch: int = BATCH, classes: int = CLASSES) -> str:
-    loc = PRIORS * 4 * (1 if share_location else classes)
+def head_prototxt(share_location: bool, params: str, batch: int = BATCH, classes: int = CLASSES,
+                  priors: int = PRIORS) -> str:
+    loc = priors * 4 * (1 if share_location else classes)
     return f"""
 layer {{ name: "loc" type: "Input" top: "loc" input_param {{ shape {{ dim: {batch} dim: {loc} }} }} }}
-layer {{ name: "conf" type: "Input" top: "conf" input_param {{ shape {{ dim: {batch} dim: {PRIORS * classes} }} }} }}
-layer {{ name: "prior" type: "Input" top: "prior" input_param {{ shape {{ dim: 1 dim: 2 dim: {PRIORS * 4} }} }} }}
+layer {{ name: "conf" type: "Input" top: "conf" input_param {{ shape {{ dim: {batch} dim: {priors * classes} }} }} }}
+layer {{ name: "prior" type: "Input" top: "prior" input_param {{ shape {{ dim: 1 dim: 2 dim: {priors * 4} }} }} }}
 layer {{ name: "detection" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior" top: "detection"
   detection_output_param {{ num_classes: {classes} share_location: {str(share_location).lower()} {params} }} }}
 """
@@ -142,10 +143,29 @@ def test_no_detection_gives_one_row_per_image(tmp_path):
     assert [d.dim_value or d.dim_param for d in dims] == [1, 1, "detection_detections", 7]
 
 
-def test_adaptive_nms_is_refused_with_the_layer_name(tmp_path):
-    generated = write_net(head_prototxt(True, "nms_param { nms_threshold: 0.7 eta: 0.9 }"), tmp_path)
+@pytest.mark.parametrize("code, share", [(ssd_reference.CENTER_SIZE, True), (ssd_reference.CORNER, False)])
+def test_adaptive_nms_matches_reference(code, share, tmp_path):
+    """eta < 1 with nms_threshold > 0.5: the threshold shrinks after each kept box (a Loop in the graph, with
+    Caffe's own IoU: here also for inverted CORNER boxes, where two touching empty boxes suppress)."""
+    params = (f"code_type: {CODE_NAMES[code]} confidence_threshold: 0.02 keep_top_k: 60 "
+              "nms_param { nms_threshold: 0.9 eta: 0.8 top_k: 20 }")
+    generated = write_net(head_prototxt(share, params), tmp_path)
     model = load_model(generated.prototxt)
-    with pytest.raises(CaffeSurgeryError, match="adaptive NMS") as info:
+    feeds = random_bottoms(np.random.default_rng(8), share, loc_scale=1.0)
+    exported, actual = run_exported(model, feeds)
+    onnx.checker.check_model(exported, full_check=True)
+    options = dict(num_classes=CLASSES, share_location=share, code_type=code, confidence_threshold=0.02,
+                   nms_threshold=0.9, top_k=20, keep_top_k=60)
+    reference = ssd_reference.detection_output(feeds["loc"], feeds["conf"], feeds["prior"], eta=0.8, **options)
+    plain = ssd_reference.detection_output(feeds["loc"], feeds["conf"], feeds["prior"], **options)
+    assert reference.shape[2] < plain.shape[2]  # the shrinking threshold suppresses more
+    assert_same_detections(actual, reference, f"adaptive {CODE_NAMES[code]}")
+
+
+def test_adaptive_nms_over_too_many_candidates_is_refused(tmp_path):
+    generated = write_net(head_prototxt(True, "nms_param { nms_threshold: 0.7 eta: 0.9 }", priors=2100), tmp_path)
+    model = load_model(generated.prototxt)
+    with pytest.raises(CaffeSurgeryError, match="adaptive NMS over 2100 candidates per class") as info:
         export_onnx(model.net, model.shapes)
     assert info.value.layer == "detection"
 

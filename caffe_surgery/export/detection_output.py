@@ -4,7 +4,8 @@ The graph follows Caffe's layer: bottoms are the location offsets (N, priors * 4
 priors * classes * 4 without ``share_location``), the confidences (N, priors * classes,
 softmaxed already) and the priors (1, 2, priors * 4: corner boxes, then variances). Per
 image and class other than ``background_label_id``, the ``top_k`` best scores above
-``confidence_threshold`` go through greedy NMS (IoU > ``nms_threshold`` suppresses);
+``confidence_threshold`` go through greedy NMS (IoU > ``nms_threshold`` suppresses; with ``eta`` < 1
+the threshold shrinks after each kept box while above 0.5, a Loop);
 then each image keeps its ``keep_top_k`` best detections. The top is (1, 1, M, 7) rows
 ``[image, label, score, xmin, ymin, xmax, ymax]`` ordered by image, label, then score
 (descending), M data-dependent; with no detection at all, one row per image
@@ -12,7 +13,7 @@ then each image keeps its ``keep_top_k`` best detections. The top is (1, 1, M, 7
 (Caffe's DetectionOutput decodes with ``clip_bbox`` false). Only standard ops of opset 13.
 """
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from google.protobuf.unknown_fields import UnknownFieldSet
 
@@ -24,6 +25,10 @@ ROW_WIDTH = 7
 CORNER, CENTER_SIZE, CORNER_SIZE = PriorBoxParameter.CORNER, PriorBoxParameter.CENTER_SIZE, 3
 """SSD's CodeType values; CORNER_SIZE is not in this schema (its facts), so it arrives as an unknown field."""
 _CODE_TYPE_FIELD = 6
+FLT_MAX = float(np.finfo(np.float32).max)
+"""Caffe's confidence threshold when none is given is -FLT_MAX: every finite score competes."""
+ADAPTIVE_LIMIT = 1 << 22
+"""Most candidate overlaps per (image, class) adaptive NMS computes (top_k^2; 2048 candidates)."""
 
 
 @converter("DetectionOutput")
@@ -31,16 +36,13 @@ def detection_output(ctx: LayerContext) -> None:
     p = ctx.param.detection_output_param
     classes = p.num_classes
     nms = p.nms_param
-    if nms.eta < 1 and nms.nms_threshold > 0.5:
-        raise ctx.unsupported(f"with adaptive NMS (eta {nms.eta:g} < 1 and nms_threshold {nms.nms_threshold:g} "
-                              "> 0.5)")
     priors = _prior_count(ctx, classes)
     loc_classes = 1 if p.share_location else classes
     decoded = _decode(ctx, code_type(p), p.variance_encoded_in_target, priors, loc_classes)
     labels = [c for c in range(classes) if c != p.background_label_id]
     top_k = priors if not nms.HasField("top_k") or nms.top_k < 0 else min(nms.top_k, priors)
-    threshold = p.confidence_threshold if p.HasField("confidence_threshold") else None
-    rows = _per_class_nms(ctx, decoded, labels, priors, p.share_location, top_k, nms.nms_threshold, threshold)
+    threshold = p.confidence_threshold if p.HasField("confidence_threshold") else -FLT_MAX
+    rows = _per_class_nms(ctx, decoded, labels, priors, p.share_location, top_k, nms, threshold)
     rows = _sort_rows(ctx, rows, classes, p.keep_top_k)
     rows = _or_empty_rows(ctx, rows)
     ctx.unsqueeze(rows, [0, 1], ctx.top())
@@ -106,11 +108,11 @@ def _decode(ctx: LayerContext, code_type: int, variance_in_target: bool, priors:
 
 
 def _per_class_nms(ctx: LayerContext, decoded: str, labels: list[int], priors: int, share_location: bool,
-                   top_k: int, nms_threshold: float, threshold: float | None) -> str:
+                   top_k: int, nms, threshold: float) -> str:
     """(M, 7) rows of the detections NMS keeps per image and class, in no particular order.
 
-    Each (image, class) pair becomes one NonMaxSuppression batch holding its ``top_k`` best candidates
-    (Caffe ranks before NMS; ONNX's max_output_boxes_per_class would count after it).
+    Each (image, class) pair holds its ``top_k`` best candidates, best first (Caffe ranks before NMS;
+    ONNX's max_output_boxes_per_class would count after it); those not above ``threshold`` take no part.
     """
     kinds = len(labels)
     conf = ctx.reshape(ctx.bottom(1), [ctx.bottom_shape(1)[0], priors, -1], keeps_batch=True)
@@ -124,21 +126,12 @@ def _per_class_nms(ctx: LayerContext, decoded: str, labels: list[int], priors: i
                          axis=1)
     picks = ctx.node("Expand", [ctx.unsqueeze(order, [3]), ctx.ints([1, 1, 1, 4], "corners")])
     candidates = ctx.node("Reshape", [ctx.node("GatherElements", [boxes, picks], axis=2), ctx.ints([-1, top_k, 4], "boxes")])
-    low, high = _halves(ctx, candidates)
-    # An inverted box has area 0 in Caffe; NonMaxSuppression would reorder its corners instead.
-    nms_boxes = ctx.node("Concat", [low, ctx.node("Max", [low, high])], axis=-1)
-    # NMS visits candidates by rank (top_k for the best ... 1), so equal scores keep Caffe's stable order;
-    # those not above confidence_threshold get rank 0, which the score threshold 0 drops.
-    ranks = ctx.const(list(range(top_k, 0, -1)), "ranks")
-    if threshold is not None:
-        above = ctx.node("Greater", [scores, ctx.const(threshold, "confidence")])
-        ranks = ctx.node("Where", [above, ranks, ctx.const(0.0, "rank_zero")])
-    nms_scores = ctx.node("Reshape", [ctx.node("Expand", [ranks, ctx.node("Shape", [scores])]),
-                                      ctx.ints([-1, 1, top_k], "nms_scores")])
-    selected = ctx.node("NonMaxSuppression", [nms_boxes, nms_scores, ctx.ints([top_k], "max_boxes"),
-                                              ctx.const([nms_threshold], "iou"), ctx.const([0.0], "no_rank")])
-    pair, _, slot = ctx.multi("Split", [selected, ctx.ints([1, 1, 1], "columns")],
-                              [ctx.fresh("pair"), ctx.fresh("class"), ctx.fresh("slot")], axis=1)
+    above = ctx.node("Reshape", [ctx.node("Greater", [scores, ctx.const(threshold, "confidence")]),
+                                 ctx.ints([-1, top_k], "pairs")])
+    if nms.eta < 1 and nms.nms_threshold > 0.5:
+        pair, slot = _adaptive_nms(ctx, candidates, above, top_k, nms.nms_threshold, nms.eta)
+    else:
+        pair, slot = _greedy_nms(ctx, candidates, above, top_k, nms.nms_threshold)
     flat = ctx.node("Add", [ctx.node("Mul", [pair, ctx.ints([top_k], "stride")]), slot])
     flat = ctx.node("Squeeze", [flat, ctx.ints([1], "axes")])
     kinds_const = ctx.ints([kinds], "kinds_count")
@@ -148,6 +141,86 @@ def _per_class_nms(ctx: LayerContext, decoded: str, labels: list[int], priors: i
     score = ctx.unsqueeze(ctx.node("Gather", [ctx.node("Reshape", [scores, ctx.ints([-1], "flat")]), flat]), [1])
     box = ctx.node("Gather", [ctx.node("Reshape", [candidates, ctx.ints([-1, 4], "flat_boxes")]), flat])
     return ctx.node("Concat", [image, label, score, box], axis=1)
+
+
+def _greedy_nms(ctx: LayerContext, candidates: str, above: str, top_k: int, nms_threshold: float) -> tuple[str, str]:
+    """(pair, rank) columns of what NonMaxSuppression keeps, one batch per (image, class) pair."""
+    low, high = _halves(ctx, candidates)
+    # An inverted box has area 0 in Caffe; NonMaxSuppression would reorder its corners instead.
+    nms_boxes = ctx.node("Concat", [low, ctx.node("Max", [low, high])], axis=-1)
+    # NMS visits candidates by rank (top_k for the best ... 1), so equal scores keep Caffe's stable order;
+    # those not above confidence_threshold get rank 0, which the score threshold 0 drops.
+    ranks = ctx.node("Where", [above, ctx.const(list(range(top_k, 0, -1)), "ranks"), ctx.const(0.0, "rank_zero")])
+    nms_scores = ctx.unsqueeze(ranks, [1])
+    selected = ctx.node("NonMaxSuppression", [nms_boxes, nms_scores, ctx.ints([top_k], "max_boxes"),
+                                              ctx.const([nms_threshold], "iou"), ctx.const([0.0], "no_rank")])
+    pair, _, slot = ctx.multi("Split", [selected, ctx.ints([1, 1, 1], "columns")],
+                              [ctx.fresh("pair"), ctx.fresh("class"), ctx.fresh("slot")], axis=1)
+    return pair, slot
+
+
+def _adaptive_nms(ctx: LayerContext, candidates: str, above: str, top_k: int, nms_threshold: float,
+                  eta: float) -> tuple[str, str]:
+    """(pair, rank) columns of what Caffe's adaptive NMS keeps: a Loop over the ranks, every pair at once,
+    the threshold shrinking by ``eta`` after each kept box while above 0.5 (Caffe's IoU, top_k^2 per pair)."""
+    if top_k * top_k > ADAPTIVE_LIMIT:
+        raise ctx.unsupported(f"with adaptive NMS over {top_k} candidates per class (its top_k x top_k overlaps "
+                              f"exceed {ADAPTIVE_LIMIT:,}; set nms_param.top_k)")
+    iou = _caffe_iou(ctx, candidates)
+    ranks = ctx.const(np.arange(top_k, dtype=np.int64)[None], "rank_index", np.int64)
+    outer, ctx.builder.nodes = ctx.builder.nodes, []
+    step, go, kept, limit = (ctx.fresh(name) for name in ("step", "go", "kept_in", "limit_in"))
+    overlaps = ctx.node("Gather", [iou, step], axis=1)  # (pairs, top_k): rank ``step`` against every rank
+    clash = ctx.node("And", [kept, ctx.node("Not", [ctx.node("LessOrEqual", [overlaps, limit])])])  # NaN clashes
+    clashes = ctx.reduce("ReduceSum", ctx.node("Cast", [clash], to=TensorProto.INT64), [1], keepdims=True)
+    keep = ctx.node("And", [ctx.unsqueeze(ctx.node("Gather", [above, step], axis=1), [1]),
+                            ctx.node("Equal", [clashes, ctx.ints([0], "none")])])
+    kept_out = ctx.node("Or", [kept, ctx.node("And", [ctx.node("Equal", [ranks, step]), keep])])
+    shrink = ctx.node("And", [keep, ctx.node("Greater", [limit, ctx.const(0.5, "half")])])
+    limit_out = ctx.node("Where", [shrink, ctx.node("Mul", [limit, ctx.const(eta, "eta")]), limit])
+    go_out = ctx.identity(go, ctx.fresh("go_out"))
+    body_nodes, ctx.builder.nodes = ctx.builder.nodes, outer
+    body = helper.make_graph(
+        body_nodes, ctx.fresh("adaptive_nms_body"),
+        [helper.make_tensor_value_info(step, TensorProto.INT64, []), helper.make_tensor_value_info(go, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(kept, TensorProto.BOOL, None),
+         helper.make_tensor_value_info(limit, TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(go_out, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(kept_out, TensorProto.BOOL, None),
+         helper.make_tensor_value_info(limit_out, TensorProto.FLOAT, None)])
+    nothing = ctx.node("ConstantOfShape", [ctx.node("Shape", [above])],
+                       value=helper.make_tensor("value", TensorProto.BOOL, [1], [False]))
+    pair_count = ctx.node("Slice", [ctx.node("Shape", [above]), ctx.ints([0], "s"), ctx.ints([1], "e")])
+    start = ctx.node("ConstantOfShape", [ctx.node("Concat", [pair_count, ctx.ints([1], "one_column")], axis=0)],
+                     value=helper.make_tensor("value", TensorProto.FLOAT, [1], [nms_threshold]))
+    kept_final, _ = ctx.multi("Loop", [ctx.const(top_k, "trips", np.int64), ctx.const(True, "always", np.bool_),
+                                       nothing, start], [ctx.fresh("kept"), ctx.fresh("final_limit")], body=body)
+    chosen = ctx.node("Transpose", [ctx.node("NonZero", [kept_final])], perm=[1, 0])
+    pair, slot = ctx.multi("Split", [chosen, ctx.ints([1, 1], "columns")], [ctx.fresh("pair"), ctx.fresh("slot")],
+                           axis=1)
+    return pair, slot
+
+
+def _caffe_iou(ctx: LayerContext, boxes: str) -> str:
+    """(pairs, k, k) IoU of every two of a pair's k boxes as Caffe's JaccardOverlap: 0 for boxes apart,
+    0 area for inverted boxes, NaN for two empty boxes that touch (0 / 0)."""
+    corners = ctx.multi("Split", [boxes, ctx.ints([1, 1, 1, 1], "corners4")],
+                        [ctx.fresh(n) for n in ("xmin", "ymin", "xmax", "ymax")], axis=2)
+    a = corners  # (pairs, k, 1)
+    b = [ctx.node("Transpose", [c], perm=[0, 2, 1]) for c in corners]  # (pairs, 1, k)
+    apart = ctx.node("Or", [ctx.node("Or", [ctx.node("Greater", [b[0], a[2]]), ctx.node("Less", [b[2], a[0]])]),
+                            ctx.node("Or", [ctx.node("Greater", [b[1], a[3]]), ctx.node("Less", [b[3], a[1]])])])
+    inter = _area(ctx, *(ctx.node(op, [a[i], b[i]]) for op, i in (("Max", 0), ("Max", 1), ("Min", 2), ("Min", 3))))
+    union = ctx.node("Sub", [ctx.node("Add", [_area(ctx, *a), _area(ctx, *b)]), inter])
+    return ctx.node("Where", [apart, ctx.const(0.0, "zero_iou"), ctx.node("Div", [inter, union])])
+
+
+def _area(ctx: LayerContext, xmin: str, ymin: str, xmax: str, ymax: str) -> str:
+    """Caffe's BBoxSize: width * height, 0 for an inverted box."""
+    width, height = ctx.node("Sub", [xmax, xmin]), ctx.node("Sub", [ymax, ymin])
+    inverted = ctx.node("Or", [ctx.node("Less", [width, ctx.const(0.0, "zero")]),
+                               ctx.node("Less", [height, ctx.const(0.0, "zero")])])
+    return ctx.node("Where", [inverted, ctx.const(0.0, "zero_area"), ctx.node("Mul", [width, height])])
 
 
 def _stable_order(ctx: LayerContext, rows: str, column: int, largest: bool) -> str:

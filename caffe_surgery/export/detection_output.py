@@ -12,10 +12,11 @@ then each image keeps its ``keep_top_k`` best detections. The top is (1, 1, M, 7
 ``[image, -1, -1, -1, -1, -1, -1]`` as Caffe writes it. Decoded boxes are not clipped
 (Caffe's DetectionOutput decodes with ``clip_bbox`` false). Only standard ops of opset 13.
 """
-import numpy as np
-from onnx import TensorProto, helper
+import math
 
+import numpy as np
 from google.protobuf.unknown_fields import UnknownFieldSet
+from onnx import TensorProto, helper
 
 from ..caffe_pb2 import PriorBoxParameter
 from .context import LayerContext
@@ -33,6 +34,7 @@ ADAPTIVE_LIMIT = 1 << 22
 
 @converter("DetectionOutput")
 def detection_output(ctx: LayerContext) -> None:
+    """Decode, per-class NMS, keep_top_k, Caffe's row order (see the module docstring)."""
     p = ctx.param.detection_output_param
     classes = p.num_classes
     nms = p.nms_param
@@ -61,20 +63,13 @@ def _prior_count(ctx: LayerContext, classes: int) -> int:
     if len(prior_shape) < 2 or prior_shape[-2] != 2 or prior_shape[-1] % 4:
         raise ctx.unsupported(f"with a prior bottom of shape {prior_shape} (expected (1, 2, priors * 4))")
     priors = prior_shape[-1] // 4
-    loc_size = _per_sample(ctx.bottom_shape(0))
-    conf_size = _per_sample(ctx.bottom_shape(1))
+    loc_size = math.prod(ctx.bottom_shape(0)[1:])
+    conf_size = math.prod(ctx.bottom_shape(1)[1:])
     loc_classes = 1 if ctx.param.detection_output_param.share_location else classes
     if classes < 1 or loc_size != priors * loc_classes * 4 or conf_size != priors * classes:
         raise ctx.unsupported(f"with {loc_size} location and {conf_size} confidence values per sample for "
                               f"{priors} priors and {classes} classes")
     return priors
-
-
-def _per_sample(shape) -> int:
-    size = 1
-    for dim in shape[1:]:
-        size *= dim
-    return size
 
 
 def _halves(ctx: LayerContext, x: str) -> tuple[str, str]:
@@ -225,9 +220,7 @@ def _area(ctx: LayerContext, xmin: str, ymin: str, xmax: str, ymax: str) -> str:
 
 def _stable_order(ctx: LayerContext, rows: str, column: int, largest: bool) -> str:
     """``rows`` sorted by one column; equal keys keep their order (TopK's ties go to the lower index)."""
-    key = ctx.node("Gather", [rows, ctx.ints([column], "column")], axis=1)
-    key = ctx.node("Squeeze", [key, ctx.ints([1], "axes")])
-    return _sorted_by(ctx, rows, key, largest)
+    return _sorted_by(ctx, rows, _column(ctx, rows, column), largest)
 
 
 def _sorted_by(ctx: LayerContext, rows: str, key: str, largest: bool) -> str:
@@ -241,24 +234,30 @@ def _sort_rows(ctx: LayerContext, rows: str, classes: int, keep_top_k: int) -> s
     """Caffe's order (image, label, score descending), keeping each image's ``keep_top_k`` best (-1: all)."""
     rows = _stable_order(ctx, rows, 2, largest=True)
     if keep_top_k > -1:
-        rows = _stable_order(ctx, rows, 0, largest=False)
-        image = ctx.node("Cast", [ctx.node("Squeeze", [ctx.node("Gather", [rows, ctx.ints([0], "image_col")], axis=1),
-                                                       ctx.ints([1], "axes")])], to=TensorProto.INT64)
-        images = ctx.node("Range", [_int(ctx, 0, "zero"), _batch(ctx), _int(ctx, 1, "one")])
-        member = ctx.node("Cast", [ctx.node("Equal", [ctx.unsqueeze(image, [1]), ctx.unsqueeze(images, [0])])],
-                          to=TensorProto.INT64)
-        counts = ctx.reduce("ReduceSum", member, [0], keepdims=False)
-        starts = ctx.node("CumSum", [counts, _int(ctx, 0, "axis0")], exclusive=1)
-        position = ctx.node("Range", [_int(ctx, 0, "zero"),
-                                      ctx.node("Squeeze", [ctx.node("Shape", [image]), ctx.ints([0], "axes")]),
-                                      _int(ctx, 1, "one")])
-        rank = ctx.node("Sub", [position, ctx.node("Gather", [starts, image])])
-        kept = ctx.node("NonZero", [ctx.node("Less", [rank, _int(ctx, keep_top_k, "keep_top_k")])])
-        rows = ctx.node("Gather", [rows, ctx.node("Squeeze", [kept, ctx.ints([0], "axes")])])
-    image, label = (ctx.node("Squeeze", [ctx.node("Gather", [rows, ctx.ints([c], "col")], axis=1), ctx.ints([1], "axes")])
-                    for c in (0, 1))
+        rows = _keep_best_per_image(ctx, _stable_order(ctx, rows, 0, largest=False), keep_top_k)
+    image, label = (_column(ctx, rows, c) for c in (0, 1))
     key = ctx.node("Add", [ctx.node("Mul", [image, ctx.const(float(classes), "classes")]), label])
     return _sorted_by(ctx, rows, key, largest=False)
+
+
+def _keep_best_per_image(ctx: LayerContext, rows: str, keep_top_k: int) -> str:
+    """The first ``keep_top_k`` rows of every image, of rows sorted by image then descending score."""
+    image = ctx.node("Cast", [_column(ctx, rows, 0)], to=TensorProto.INT64)
+    images = ctx.node("Range", [_int(ctx, 0, "zero"), _batch(ctx), _int(ctx, 1, "one")])
+    member = ctx.node("Cast", [ctx.node("Equal", [ctx.unsqueeze(image, [1]), ctx.unsqueeze(images, [0])])],
+                      to=TensorProto.INT64)
+    starts = ctx.node("CumSum", [ctx.reduce("ReduceSum", member, [0], keepdims=False), _int(ctx, 0, "axis0")],
+                      exclusive=1)
+    count = ctx.node("Squeeze", [ctx.node("Shape", [image]), ctx.ints([0], "axes")])
+    position = ctx.node("Range", [_int(ctx, 0, "zero"), count, _int(ctx, 1, "one")])
+    rank = ctx.node("Sub", [position, ctx.node("Gather", [starts, image])])
+    kept = ctx.node("NonZero", [ctx.node("Less", [rank, _int(ctx, keep_top_k, "keep_top_k")])])
+    return ctx.node("Gather", [rows, ctx.node("Squeeze", [kept, ctx.ints([0], "axes")])])
+
+
+def _column(ctx: LayerContext, rows: str, column: int) -> str:
+    """One column of (M, 7) rows, as (M,)."""
+    return ctx.node("Squeeze", [ctx.node("Gather", [rows, ctx.ints([column], "column")], axis=1), ctx.ints([1], "axes")])
 
 
 def _int(ctx: LayerContext, value: int, hint: str) -> str:

@@ -444,8 +444,9 @@ def cmd_prune(args) -> int:
             report["accuracy"] = {"before": evaluator(model.net, model.shapes),
                                   "after": evaluator(pruned_net, pruned_shapes), "samples": len(source)}
         else:
-            report["agreement"] = {"metric": metric, **measure.figures(pruned_net, pruned_shapes),
-                                   "score_threshold": args.score_threshold, "samples": len(source)}
+            report["agreement"] = {"metric": metric, **measure.figures(pruned_net, pruned_shapes), "samples": len(source)}
+            if metric == "agreement":
+                report["agreement"]["score_threshold"] = args.score_threshold
     outputs = {kind: Path(f"{prefix}.{kind}") for kind in ("prototxt", "caffemodel", "plan.json", "report.json")}
     save_prototxt(pruned_net, outputs["prototxt"])
     save_caffemodel(pruned_net, outputs["caffemodel"])

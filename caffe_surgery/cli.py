@@ -9,6 +9,8 @@ import traceback
 from pathlib import Path
 
 from . import caffe_pb2, layers
+from .agreement import METRICS, SCORE_THRESHOLD
+from .compare import ATOL, RTOL
 from .criteria import CRITERIA
 from .errors import CaffeSurgeryError
 
@@ -243,17 +245,23 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    """Run two nets on the same inputs and list, blob by blob, how far B is from A."""
+    """Run two nets on the same inputs, list blob by blob how far B is from A, and check A's outputs
+    against --atol/--rtol (exit 1 when one exceeds them)."""
     import numpy as np
 
-    from .compare import compare, run_onnxruntime, run_opencv, shared_blobs
+    from .compare import (check_output, compare, comparison_document, output_names, run_onnxruntime, run_opencv,
+                          shared_blobs)
     from .dataflow import input_layer, open_source
     from .model import load_model
-    from .report import format_differences
+    from .report import format_differences, format_output_checks
 
     model_a = load_model(args.a_prototxt, args.a_weights, input_shapes=dict(args.input))
     model_b = load_model(args.b_prototxt, args.b_weights, input_shapes=dict(args.input))
     names = shared_blobs(model_a.net, model_b.net)
+    outputs = output_names(model_a.net)
+    missing = [name for name in outputs if name not in names]
+    if missing:
+        raise CaffeSurgeryError(f"net B does not produce net A's output(s) {', '.join(missing)}", file=args.b_prototxt)
     top = input_layer(model_a.net).tops[0]
     count = args.limit or 1
     if args.data:
@@ -266,8 +274,16 @@ def cmd_compare(args) -> int:
         values_b = run_opencv(model_b.net, args.b_prototxt, args.b_weights, names, images)
     else:
         values_b = run_onnxruntime(model_b.net, model_b.shapes, names, images, options)
-    print(format_differences(compare(values_a, values_b, names)))
-    return 0
+    differences = compare(values_a, values_b, names)
+    checks = [check_output(name, values_a[name], values_b[name], args.atol, args.rtol,
+                           model_a.net.producer(model_a.net.final(name)).type == "DetectionOutput", args.score_threshold)
+              for name in outputs]
+    if args.json:
+        print(json.dumps(comparison_document(differences, checks, args.atol, args.rtol), indent=1))
+    else:
+        print(format_differences(differences))
+        print(format_output_checks(checks, args.atol, args.rtol))
+    return 0 if all(check.passed for check in checks) else 1
 
 
 def cmd_convert_data(args) -> int:
@@ -319,16 +335,23 @@ def cmd_relevance_merge(args) -> int:
     return 0
 
 
-def _validation(model, source, args):
-    """An evaluator of top-1 accuracy on the (limited) data, batches decoded once and reused."""
+def _measure(model, source, args):
+    """How a pruned net is judged on the (limited) data, batches decoded once and reused: top-1 accuracy, or
+    agreement with the original net's outputs (--metric). Returns the metric, an evaluator ``(net, shapes) ->
+    figure`` (higher is better; the original scores its accuracy, or 1.0) and the agreement (None for top-1)."""
+    from .agreement import OutputAgreement, choose_metric
     from .evaluate import evaluate
 
+    metric = choose_metric(model.net, source.has_labels, args.metric)
     held = list(_batches(model, source, args, "validation data"))
+    if metric != "top1":
+        measure = OutputAgreement(model.net, model.shapes, held, metric, _runtime_options(args), args.score_threshold)
+        return metric, measure.quality, measure
 
     def accuracy(net, shapes) -> float:
         return evaluate(net, shapes, held, (1,), _runtime_options(args)).accuracy(1)
 
-    return accuracy
+    return metric, accuracy, None
 
 
 def _budget(args):
@@ -356,7 +379,7 @@ def _plan(args, model, source, groups, group_list):
         plan, net, notes = plan_by_similarity(model, groups, group_list, budget)
         return plan, net, notes, None
     if args.criterion == "random-masks":
-        plan, _ = random_masks_plan(model, groups, group_list, budget, _validation(model, source, args),
+        plan, _ = random_masks_plan(model, groups, group_list, budget, _measure(model, source, args)[1],
                                     args.masks, args.seed)
         return plan, model.net, [f"random-masks: best of {args.masks} masks"], None
     criterion = get_criterion(args.criterion)
@@ -371,8 +394,9 @@ def _plan(args, model, source, groups, group_list):
             stats = _statistics_pass(args, model, source, criterion, group_list, groups)
     scores = score(model, groups, group_list, criterion, stats)
     if args.tolerance is not None:
-        plan, _ = tolerance_plan(model, groups, group_list, scores, budget, _validation(model, source, args),
-                                 args.tolerance, about=about)
+        metric, evaluator, _ = _measure(model, source, args)
+        plan, _ = tolerance_plan(model, groups, group_list, scores, budget, evaluator, args.tolerance,
+                                 about={**about, "metric": metric})
         return plan, model.net, [], stats
     return make_plan(scores, groups, group_list, budget, {**about, "ratio": args.ratio}), model.net, [], stats
 
@@ -415,9 +439,14 @@ def cmd_prune(args) -> int:
         return 0
     prefix = Path(args.output)
     if source is not None:
-        evaluate_accuracy = _validation(model, source, args)
-        report["accuracy"] = {"before": evaluate_accuracy(model.net, model.shapes),
-                              "after": evaluate_accuracy(pruned_net, pruned_shapes), "samples": len(source)}
+        metric, evaluator, measure = _measure(model, source, args)
+        if measure is None:
+            report["accuracy"] = {"before": evaluator(model.net, model.shapes),
+                                  "after": evaluator(pruned_net, pruned_shapes), "samples": len(source)}
+        else:
+            report["agreement"] = {"metric": metric, **measure.figures(pruned_net, pruned_shapes), "samples": len(source)}
+            if metric == "agreement":
+                report["agreement"]["score_threshold"] = args.score_threshold
     outputs = {kind: Path(f"{prefix}.{kind}") for kind in ("prototxt", "caffemodel", "plan.json", "report.json")}
     save_prototxt(pruned_net, outputs["prototxt"])
     save_caffemodel(pruned_net, outputs["caffemodel"])
@@ -557,6 +586,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="what runs net B (A always runs in onnxruntime)")
     compare.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     compare.add_argument("--threads", type=int)
+    compare.add_argument("--atol", type=float, default=ATOL,
+                         help=f"absolute tolerance on A's outputs: |a-b| <= atol + rtol*|b| elementwise, else exit 1 "
+                              f"(default {ATOL:g})")
+    compare.add_argument("--rtol", type=float, default=RTOL, help=f"relative tolerance, see --atol (default {RTOL:g})")
+    compare.add_argument("--score-threshold", type=float, default=SCORE_THRESHOLD,
+                         help="detections: the score from which A's detections must be reproduced by B (agreement, "
+                              f"default {SCORE_THRESHOLD:g})")
+    compare.add_argument("--json", action="store_true", help="every figure per blob and output as JSON")
 
     convert = _verb(verbs, "convert-data", "write a Caffe LMDB of Datum records (keys %%08d)", cmd_convert_data)
     convert.add_argument("spec", help="idx:IMAGES:LABELS, list:FILE[:ROOT], npy:PATH or lmdb:PATH")
@@ -591,7 +628,15 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--maxout-k", type=int, help="maxout: neurons kept per unit")
     prune.add_argument("--maxout-units", action="store_true", help="maxout: drop whole units instead of neurons")
     prune.add_argument("--tolerance", type=float, metavar="T",
-                       help="prune progressively until top-1 accuracy drops by more than T percentage points")
+                       help="prune progressively until the --metric drops by more than T percentage points")
+    prune.add_argument("--metric", choices=("auto",) + METRICS, default="auto",
+                       help="what --tolerance and the report measure on --data: top1 accuracy (needs labels), "
+                            "agreement (share of the original's detections, score >= --score-threshold, reproduced "
+                            "at IoU >= 0.5 with the same label; nets with DetectionOutput) or rel-error "
+                            "(||a-b||/||a|| against the original's outputs, in percent for --tolerance); auto: "
+                            "agreement for detectors, top1 for classifiers with labelled data, else rel-error")
+    prune.add_argument("--score-threshold", type=float, default=SCORE_THRESHOLD,
+                       help=f"agreement: the score from which detections count (default {SCORE_THRESHOLD:g})")
     prune.add_argument("--stats", help="statistics .npz from 'relevance' (instead of a data pass)")
     prune.add_argument("--masks", type=int, default=100, help="random-masks: candidate masks to evaluate")
     prune.add_argument("--seed", type=int, default=0, help="random-masks: random seed")

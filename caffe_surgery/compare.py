@@ -5,6 +5,11 @@ version) the table gives the max abs difference, the difference relative to
 max(1, max |A|), and the cosine similarity. The first blob, in A's layer
 order, whose relative difference exceeds the tolerance is the first
 divergence.
+
+The outputs (A's deploy outputs that B also produces) are checked against
+tolerances the polygraphy way: every element within |a - b| <= atol + rtol * |b|
+(a from net A, b from net B); their agreement figures (detections reproduced for a
+DetectionOutput, relative error and cosine otherwise) come with them.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import numpy as np
 from .graph import Net
 
 DIVERGENCE = 1e-4
+ATOL = 1e-4
+RTOL = 1e-4
 
 
 @dataclass
@@ -74,3 +81,60 @@ def run_opencv(net: Net, prototxt: str, weights: str, names: list[str], inputs: 
 def compare(a_values: dict[str, np.ndarray], b_values: dict[str, np.ndarray], names: list[str]) -> list[BlobDifference]:
     """The per-blob differences, in order."""
     return [difference(name, a_values[name], b_values[name]) for name in names]
+
+
+@dataclass
+class OutputCheck:
+    """One output against the tolerances: the largest absolute and relative (to |b|) differences."""
+
+    name: str
+    max_abs: float | None
+    max_rel: float | None
+    passed: bool
+    agreement: dict
+
+
+def check_output(name: str, x: np.ndarray, y: np.ndarray, atol: float, rtol: float, detections: bool,
+                 score_threshold: float) -> OutputCheck:
+    """``y`` (net B) against ``x`` (net A): every element within atol + rtol * |y|; shapes must agree.
+    ``detections``: the output is a DetectionOutput top, compared as its detections sorted by image, label
+    and score (whatever the order and padding of the consumer); its agreement is the share of A's
+    detections scoring at least ``score_threshold`` that B reproduces."""
+    from .agreement import agreement, sorted_detections
+
+    if detections:
+        x, y = sorted_detections(x), sorted_detections(y)
+        figures = {"detections": agreement(x, y, "detections", score_threshold)}
+    elif x.shape == y.shape:
+        figures = {kind: agreement(x, y, kind) for kind in ("rel-error", "cosine")}
+    else:
+        figures = {}
+    if x.shape != y.shape:
+        return OutputCheck(name, None, None, False, figures)
+    a, b = x.astype(np.float64), y.astype(np.float64)
+    gap = np.abs(a - b)
+    if not gap.size:
+        return OutputCheck(name, 0.0, 0.0, True, figures)
+    relative = np.divide(gap, np.abs(b), out=np.where(gap > 0, np.inf, 0.0), where=np.abs(b) > 0)
+    passed = bool((gap <= atol + rtol * np.abs(b)).all())
+    return OutputCheck(name, float(gap.max()), float(relative.max()), passed, figures)
+
+
+def output_names(a: Net) -> list[str]:
+    """A's deploy outputs (blob names), which B must produce too."""
+    from .onnx_export import default_outputs
+
+    return [v.name for v in default_outputs(a)]
+
+
+def comparison_document(differences: list[BlobDifference], checks: list[OutputCheck], atol: float,
+                        rtol: float) -> dict:
+    """The ``compare --json`` document: every shared blob, then the outputs against the tolerances."""
+    first = next((d.name for d in differences if d.diverges), None)
+    failing = next((c.name for c in checks if not c.passed), None)
+    return {"atol": atol, "rtol": rtol, "first_divergence": first, "first_failing_output": failing,
+            "passed": failing is None,
+            "blobs": [{"name": d.name, "shape_a": list(d.shape_a), "shape_b": list(d.shape_b), "max_abs": d.max_abs,
+                       "relative": d.relative, "cosine": d.cosine} for d in differences],
+            "outputs": [{"name": c.name, "max_abs": c.max_abs, "max_rel": c.max_rel, "passed": c.passed,
+                         "agreement": c.agreement} for c in checks]}

@@ -55,6 +55,10 @@ def score_blob(net: Net) -> tuple[BlobVersion, bool]:
         raise CaffeSurgeryError(f"cannot tell which output holds the class scores (outputs: "
                                 f"{', '.join(o.name for o in outputs)}); add an Accuracy layer", file=net.source)
     producer = net.producer(outputs[0])
+    if producer.type == "DetectionOutput":
+        raise CaffeSurgeryError("a detector's output holds detections, not class scores: measure it against the "
+                                "original with 'compare' or 'prune --metric agreement'", file=net.source,
+                                layer=producer.name)
     if producer.type == "Softmax":
         return producer.bottoms[0], False  # the logits: same ranking, no ties from saturated probabilities
     return outputs[0], False

@@ -194,8 +194,9 @@ def random_masks_plan(model: Model, groups: Groups, group_list: list[Group], bud
 def tolerance_plan(model: Model, groups: Groups, group_list: list[Group], scores: dict[int, np.ndarray],
                    budget: Budget, evaluate: Evaluator, tolerance: float, step: float = 0.05,
                    about: dict | None = None) -> tuple[Plan, list[dict]]:
-    """Prune progressively (global ranking, ``step`` more each round) while top-1 accuracy stays within
-    ``tolerance`` percentage points of the original; return the last plan within it and the curve."""
+    """Prune progressively (global ranking, ``step`` more each round) while ``evaluate``'s figure (top-1
+    accuracy, or an agreement quality where the original scores 1.0) stays within ``tolerance`` percentage
+    points of the original's; return the last plan within it and the curve."""
     baseline = evaluate(model.net, model.shapes)
     curve = [{"ratio": 0.0, "params": model.shapes.totals()[0], "accuracy": baseline}]
     accepted = Plan({}, about={**(about or {}), "tolerance": tolerance})

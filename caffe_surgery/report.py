@@ -113,6 +113,19 @@ def format_differences(differences) -> str:
     return format_table(("blob", "shape A", "shape B", "max |A-B|", "relative", "cosine", ""), rows)
 
 
+def format_output_checks(checks, atol: float, rtol: float) -> str:
+    """The outputs against the tolerances, one line each, then the verdict."""
+    lines = [f"\noutputs (|A-B| <= {atol:g} + {rtol:g}*|B|):"]
+    for check in checks:
+        figures = "shapes differ" if check.max_abs is None else \
+            f"max |A-B| {check.max_abs:.3g}, max relative {check.max_rel:.3g}"
+        figures += "".join(f", {kind} {value:.4f}" for kind, value in check.agreement.items())
+        lines.append(f"  {check.name}: {figures}: {'ok' if check.passed else 'EXCEEDS the tolerance'}")
+    failing = next((check.name for check in checks if not check.passed), None)
+    lines.append(f"first failing output: {failing}" if failing else "every output is within the tolerance")
+    return "\n".join(lines)
+
+
 def prune_report(before: NetShapes, after: NetShapes, net_before: Net, net_after: Net) -> dict:
     """Per layer params/MACs before -> after, and totals."""
     layers = []
@@ -143,6 +156,14 @@ def format_prune_report(report: dict) -> str:
     if "accuracy" in report:
         acc = report["accuracy"]
         lines.append(f"top-1 accuracy {acc['before']:.4f} -> {acc['after']:.4f} on {acc['samples']} samples")
+    if "agreement" in report:
+        agree = report["agreement"]
+        if "detections" in agree:
+            lines.append(f"agreement with the original: {100 * agree['detections']:.1f}% of its detections (score >= "
+                         f"{agree['score_threshold']:g}) reproduced at IoU >= 0.5 on {agree['samples']} samples")
+        else:
+            lines.append(f"against the original's outputs: relative error {agree['rel-error']:.4g}, cosine "
+                         f"{agree['cosine']:.6f} on {agree['samples']} samples")
     return "\n".join(lines)
 
 

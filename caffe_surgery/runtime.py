@@ -150,8 +150,8 @@ def _join_rule(name: str, shape: list, varying: set[str] | None) -> str:
     PriorBox: every chunk gives the same) or 'mixed' (a 0-axis value over the whole batch). Channel
     summaries are added up ('sum'). In a fixed-batch graph (``varying``: the tensors computed from the
     inputs) every forward's result is stacked, constants excepted."""
-    if not shape:
-        return "mixed"
+    if not shape or not all(isinstance(d, int) for d in shape[1:]):
+        return "mixed"  # also a data-dependent size such as DetectionOutput's row count
     if varying is not None:
         return "concat" if name in varying else "constant"
     return "constant" if isinstance(shape[0], int) else "concat"

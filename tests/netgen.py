@@ -329,6 +329,39 @@ layer { name: "prior3" type: "PriorBox" bottom: "norm2" bottom: "data" top: "pri
 layer { name: "priors" type: "Concat" bottom: "prior1" bottom: "prior2" bottom: "prior3" top: "priors"
   concat_param { axis: 2 } }
 """),
+    # An SSD detector: two DetectionOutput heads (CENTER_SIZE with shared locations, CORNER per class with
+    # another background label), Normalize, Permute, Flatten, PriorBox, Softmax over classes.
+    "ssd_detection": _spec({"data": Feed((2, 3, 24, 30))}, """
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 8 kernel_size: 3 stride: 4 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "norm1" type: "Normalize" bottom: "conv1" top: "norm1"
+  norm_param { across_spatial: false channel_shared: false eps: 0.001 } }
+layer { name: "loc1" type: "Convolution" bottom: "norm1" top: "loc1" convolution_param { num_output: 16 kernel_size: 3 pad: 1 } }
+layer { name: "loc1_perm" type: "Permute" bottom: "loc1" top: "loc1_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "loc" type: "Flatten" bottom: "loc1_perm" top: "loc" }
+layer { name: "locc1" type: "Convolution" bottom: "norm1" top: "locc1" convolution_param { num_output: 48 kernel_size: 3 pad: 1 } }
+layer { name: "locc1_perm" type: "Permute" bottom: "locc1" top: "locc1_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "loc_per_class" type: "Flatten" bottom: "locc1_perm" top: "loc_per_class" }
+layer { name: "conf1" type: "Convolution" bottom: "norm1" top: "conf1" convolution_param { num_output: 12 kernel_size: 3 pad: 1 } }
+layer { name: "conf1_perm" type: "Permute" bottom: "conf1" top: "conf1_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "conf1_flat" type: "Flatten" bottom: "conf1_perm" top: "conf1_flat" }
+layer { name: "conf_reshape" type: "Reshape" bottom: "conf1_flat" top: "conf_reshape" reshape_param { shape { dim: 0 dim: -1 dim: 3 } } }
+layer { name: "conf_softmax" type: "Softmax" bottom: "conf_reshape" top: "conf_softmax" softmax_param { axis: 2 } }
+layer { name: "conf" type: "Flatten" bottom: "conf_softmax" top: "conf" }
+layer { name: "priors" type: "PriorBox" bottom: "norm1" bottom: "data" top: "priors"
+  prior_box_param { min_size: 6 max_size: 12 aspect_ratio: 2 flip: true clip: true
+                    variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }
+layer { name: "detection_center" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "priors"
+  top: "detection_center"
+  detection_output_param { num_classes: 3 share_location: true background_label_id: 0 code_type: CENTER_SIZE
+    nms_param { nms_threshold: 0.45 top_k: 20 } keep_top_k: 7 confidence_threshold: 0.3 } }
+layer { name: "detection_corner" type: "DetectionOutput" bottom: "loc_per_class" bottom: "conf" bottom: "priors"
+  top: "detection_corner"
+  detection_output_param { num_classes: 3 share_location: false background_label_id: 1 code_type: CORNER
+    nms_param { nms_threshold: 0.3 } keep_top_k: 100
+    confidence_threshold: 0.34 } }
+"""),
     # Threshold, Tile.
     "threshold_tile": _spec({"data": Feed((2, 3, 4, 5))}, """
 layer { name: "threshold" type: "Threshold" bottom: "data" top: "threshold" threshold_param { threshold: 0.2 } }

@@ -53,6 +53,7 @@ class ArraySource(Source):
                             file=name)
         if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
             raise DataError(f"image array has non-numeric type {images.dtype}", file=name)
+        self.has_labels = labels is not None
         if labels is None:
             labels = np.zeros(len(images), dtype=np.int64)
         labels = np.asarray(labels).reshape(-1).astype(np.int64)

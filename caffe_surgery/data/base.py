@@ -20,6 +20,9 @@ class Source:
     labels)`` batches over absolute sample indexes ``[lo, hi)``.
     """
 
+    has_labels = True
+    """False when the samples carry no labels (they read as 0)."""
+
     def __init__(self, count: int, raw_shape: tuple[int, int, int],
                  transformer: Transformer | None, name: str):
         self.name = name

@@ -27,6 +27,7 @@ class GraphBuilder:
         self.nodes: list = []
         self.initializers: list = []
         self.batch_dependent: list[tuple[str, str]] = []
+        self.declared_shapes: dict[str, list] = {}
         self._taken = set(names.values())
 
     def unique(self, base: str) -> str:
@@ -40,6 +41,8 @@ class GraphBuilder:
 
     def value_info(self, name: str, shape: Sequence[int], batch_dim: str | None):
         """A float tensor's declaration; with a dynamic batch, dim 0 is ``batch_dim`` (None: unknown)."""
+        if name in self.declared_shapes:
+            return helper.make_tensor_value_info(name, TensorProto.FLOAT, self.declared_shapes[name])
         dims: list = list(shape)
         if self.dynamic_batch and dims:
             dims[0] = batch_dim
@@ -54,6 +57,11 @@ class GraphBuilder:
         name = self.unique(hint)
         self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
+
+    def declare_output(self, name: str, dims: Sequence) -> None:
+        """Declare a tensor's shape for when it is a graph output: ints and symbolic dim names, e.g. a
+        data-dependent row count (the inferred Caffe shape is used otherwise)."""
+        self.declared_shapes[name] = list(dims)
 
 
 class LayerContext:

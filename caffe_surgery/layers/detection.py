@@ -7,6 +7,7 @@ from ..export.priorbox import prior_boxes
 from ..graph import Layer
 from ..priors import box_sizes
 from .channels import PIN
+from .detection_output import detection_output
 from .registry import Departure, LayerType, NotApplicable, declare
 from .shape_rules import Rule, Shape, fail
 
@@ -60,6 +61,6 @@ declare(
               departures=(Departure("OpenCV's PriorBox ignores img_size/img_h/img_w and needs a variance",
                                     _priorbox_departs),)),
     LayerType("DetectionOutput", shape=_detection_output,
-              export=NotApplicable("data-dependent output: no ONNX converter is written for it yet"),
+              export=detection_output,
               channels=PIN, rewrite=NotApplicable("it mixes channels (pinned)"), train=_NO_TORCH, bottoms=(3, 4)),
 )

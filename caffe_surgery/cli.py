@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
-from . import caffe_pb2
+from . import __version__, caffe_pb2
 from .criteria import CRITERIA
+from .data.spec import SPEC_FORMS
 from .errors import CaffeSurgeryError
+from .resources import input_path
 
 EXAMPLES = {
     "info": ["caffe-surgery info samples/lenet_maxout.prototxt -w samples/lenet_maxout.caffemodel",
@@ -95,8 +100,9 @@ def _override(text: str) -> tuple[str, float]:
 # -- shared arguments and loading ---------------------------------------------------
 
 def _net_arguments(parser, weights_required=False, data=False):
-    parser.add_argument("prototxt", help="net definition (current, V1 or V0 format)")
-    parser.add_argument("-w", "--weights", required=weights_required, help="caffemodel with the weights")
+    parser.add_argument("prototxt", type=input_path, help="net definition (current, V1 or V0 format)")
+    parser.add_argument("-w", "--weights", type=input_path, required=weights_required,
+                        help="caffemodel with the weights")
     parser.add_argument("--input", action="append", type=parse_input_shape, default=[], metavar="NAME=N,C,H,W",
                         help="shape of a data/input blob (repeatable); overrides the net's own")
     parser.add_argument("--phase", type=_phase, default=caffe_pb2.TEST, help="TRAIN or TEST (default TEST)")
@@ -107,8 +113,7 @@ def _net_arguments(parser, weights_required=False, data=False):
 
 
 def _data_arguments(parser):
-    parser.add_argument("--data", metavar="SPEC", help="lmdb:PATH, list:FILE[:ROOT], idx:IMAGES[:LABELS] or npy:PATH "
-                                                       "(default: the net's own Data/ImageData layer)")
+    parser.add_argument("--data", metavar="SPEC", help=f"{SPEC_FORMS} (default: the net's own Data/ImageData layer)")
     parser.add_argument("--scale", type=float, help="multiply pixels by this after the mean (when the net has no "
                                                      "data layer with a transform_param), e.g. 0.00390625")
     parser.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")],
@@ -117,6 +122,12 @@ def _data_arguments(parser):
     parser.add_argument("--batch-size", type=int, help="samples per run (default: the data layer's, else 64)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime device")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+
+
+def _precision_argument(parser):
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="caffemodel blobs: fp32 (default) or fp16 (Convolution/InnerProduct as half floats, "
+                             "the format of OpenCV's shrinkCaffeModel)")
 
 
 def _runtime_options(args) -> dict:
@@ -188,6 +199,7 @@ def cmd_info(args) -> int:
 def cmd_upgrade(args) -> int:
     """Write a current-format copy of a V0/V1 prototxt and, optionally, its caffemodel."""
     from .io import read_net_text, read_weights, write_text
+    from .report import format_written
     from .save import save_float32_weights
     from .upgrade import upgrade_net
 
@@ -195,8 +207,10 @@ def cmd_upgrade(args) -> int:
         raise CaffeSurgeryError("-w and -o go together: give both or neither")
     upgraded = upgrade_net(read_net_text(args.input_prototxt))
     if args.weights is not None:
-        save_float32_weights(upgrade_net(read_weights(args.weights)), args.output_weights)
+        save_float32_weights(upgrade_net(read_weights(args.weights)), args.output_weights, args.precision)
     write_text(args.output_prototxt, upgraded)
+    written = [args.output_prototxt] + ([args.output_weights] if args.weights is not None else [])
+    print(format_written(written, args.precision))
     return 0
 
 
@@ -385,7 +399,7 @@ def cmd_prune(args) -> int:
     from .io import atomic_write
     from .plan import resolve_plan
     from .pruning import chosen_groups, compensate
-    from .report import format_prune_report, prune_report
+    from .report import format_prune_report, format_written, prune_report
     from .save import save_caffemodel, save_prototxt
     from .surgery import apply_plan
 
@@ -420,7 +434,7 @@ def cmd_prune(args) -> int:
                               "after": evaluate_accuracy(pruned_net, pruned_shapes), "samples": len(source)}
     outputs = {kind: Path(f"{prefix}.{kind}") for kind in ("prototxt", "caffemodel", "plan.json", "report.json")}
     save_prototxt(pruned_net, outputs["prototxt"])
-    save_caffemodel(pruned_net, outputs["caffemodel"])
+    save_caffemodel(pruned_net, outputs["caffemodel"], args.precision)
     problems = check_files(outputs["prototxt"], outputs["caffemodel"],
                            input_shapes={t.name: tuple(pruned_shapes.blob(t)) for l in pruned_net.layers
                                          if not l.bottoms for t in l.tops})
@@ -429,13 +443,29 @@ def cmd_prune(args) -> int:
             path.unlink()
         raise CaffeSurgeryError("internal error: the pruned pair fails check: " + "; ".join(problems))
     report["files"] = {"caffemodel": [Path(args.weights).stat().st_size, outputs["caffemodel"].stat().st_size]}
+    if args.precision == "fp16":
+        notes.append(_fp16_change(args, pruned_net, pruned_shapes, outputs, source, report))
     plan.save(outputs["plan.json"])
     atomic_write(outputs["report.json"], [json.dumps(report, indent=1).encode("utf-8")])
     print(format_prune_report(report))
     for note in notes:
         print(f"note: {note}")
-    print(f"wrote {', '.join(str(p) for p in outputs.values())}")
+    print(format_written(outputs.values(), args.precision))
     return 0
+
+
+def _fp16_change(args, net, shapes, outputs, source, report) -> str:
+    """The fp16 note of a pruned pair: the probe difference and, with data, the accuracy read back."""
+    from .model import load_model
+    from .precision import fp16_note
+
+    note = fp16_note(net, shapes, outputs["prototxt"], outputs["caffemodel"])
+    if source is None:
+        return note
+    written = load_model(outputs["prototxt"], outputs["caffemodel"], input_shapes={
+        t.name: tuple(shapes.blob(t)) for layer in net.layers if not layer.bottoms for t in layer.tops})
+    report["accuracy"]["after_fp16"] = _validation(written, source, args)(written.net, written.shapes)
+    return f"{note}; top-1 accuracy {report['accuracy']['after_fp16']:.4f} in fp16"
 
 
 def cmd_sparsify(args) -> int:
@@ -444,14 +474,15 @@ def cmd_sparsify(args) -> int:
 
     return sparsify_command(args.prototxt, args.weights, args.output, sparsity=args.sparsity,
                             threshold=args.threshold, std_factor=args.std_factor, layers=args.layers,
-                            scope=args.scope, input_shapes=dict(args.input))
+                            scope=args.scope, input_shapes=dict(args.input), precision=args.precision)
 
 
 def cmd_fold_bn(args) -> int:
     """Fold BatchNorm/Scale layers into the preceding Convolution/InnerProduct."""
     from .fold import fold_command
 
-    return fold_command(args.prototxt, args.weights, args.output, input_shapes=dict(args.input))
+    return fold_command(args.prototxt, args.weights, args.output, input_shapes=dict(args.input),
+                        precision=args.precision)
 
 
 def cmd_train(args) -> int:
@@ -459,7 +490,7 @@ def cmd_train(args) -> int:
     from .train import train_command
 
     return train_command(args.solver, args.weights, args.max_iter, args.device, args.output, args.data,
-                         args.test_data, args.keep_zeros)
+                         args.test_data, args.keep_zeros, args.precision)
 
 
 def cmd_importance(args) -> int:
@@ -508,16 +539,27 @@ def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _verb(verbs, name, help_text, run):
     epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES.get(name, []))
-    parser = verbs.add_parser(name, help=help_text, description=help_text, epilog=epilog,
+    parser = verbs.add_parser(name, help=help_text, description=help_text.replace("%%", "%"), epilog=epilog,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common_options(parser, default=argparse.SUPPRESS)
     parser.set_defaults(run=run)
     return parser
+
+
+def _common_options(parser, default=None):
+    """--debug, -q, -v: accepted before the verb and after it (``default=SUPPRESS`` there)."""
+    parser.add_argument("--debug", action="store_true", default=default or False, help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default or False,
+                        help="print errors only (no warnings, no progress, no results on stdout)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default or False,
+                        help="also print progress messages (e.g. training iterations)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every verb."""
     parser = argparse.ArgumentParser(prog="caffe-surgery", description="Inspect, export and prune legacy Caffe models.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _common_options(parser)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     info = _verb(verbs, "info", "per-layer table: shapes, parameters, MACs (or the channel groups)", cmd_info)
@@ -529,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("input_prototxt")
     upgrade.add_argument("output_prototxt")
     upgrade.add_argument("-w", "--weights", help="caffemodel to upgrade too")
-    upgrade.add_argument("-o", "--output-weights", help="where to write the upgraded caffemodel (float32 blobs)")
+    upgrade.add_argument("-o", "--output-weights", help="where to write the upgraded caffemodel")
+    _precision_argument(upgrade)
 
     check = _verb(verbs, "check", "validate a pair as strictly as Caffe's own loader", cmd_check)
     _net_arguments(check, weights_required=True)
@@ -598,6 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="print the plan and projected sizes; write nothing")
     prune.add_argument("-o", "--output", required=True, help="output prefix: writes PREFIX.prototxt/.caffemodel/"
                                                               ".report.json/.plan.json")
+    _precision_argument(prune)
     sparsify = _verb(verbs, "sparsify", "magnitude weight pruning (exact zeros; sparse and zip sizes reported)",
                      cmd_sparsify)
     _net_arguments(sparsify, weights_required=True)
@@ -612,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one cut over all chosen layers")
     sparsify.add_argument("--layers", type=lambda t: t.split(","), help="only these layers (comma-separated)")
     sparsify.add_argument("-o", "--output", required=True, help="output prefix (.prototxt/.caffemodel/.report.json)")
+    _precision_argument(sparsify)
 
     train = _verb(verbs, "train", "train from a solver prototxt with Caffe's semantics (pip install "
                   "'caffe-surgery[train]')", cmd_train)
@@ -623,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-data", help="test data instead of the TEST net's data layer source")
     train.add_argument("--keep-zeros", action="store_true", help="masked fine-tuning: zero weights stay zero")
     train.add_argument("-o", "--output", required=True, help="the trained caffemodel")
+    _precision_argument(train)
 
     importance = _verb(verbs, "importance", "filter pruning with learned importance weights under an accuracy "
                        "tolerance (Appl. Sci. 2022; needs the train extra)", cmd_importance)
@@ -646,6 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     fold = _verb(verbs, "fold-bn", "fold BatchNorm/Scale into the preceding Convolution/InnerProduct", cmd_fold_bn)
     _net_arguments(fold, weights_required=True)
     fold.add_argument("-o", "--output", required=True, help="output prefix (.prototxt/.caffemodel)")
+    _precision_argument(fold)
     return parser
 
 
@@ -656,8 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main_merge(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    return run_command(args.run, args, args.debug)
+    return run_command(args.run, args, args.debug, args.quiet, args.verbose)
 
 
 def _main_merge(argv: list[str]) -> int:
@@ -665,20 +711,33 @@ def _main_merge(argv: list[str]) -> int:
                                      description="add the statistics of shards into one file")
     parser.add_argument("parts", nargs="+", help="the part_*.npz files")
     parser.add_argument("-o", "--output", required=True)
-    parser.add_argument("--debug", action="store_true")
+    _common_options(parser)
     args = parser.parse_args(argv)
-    return run_command(cmd_relevance_merge, args, args.debug)
+    return run_command(cmd_relevance_merge, args, args.debug, args.quiet, args.verbose)
 
 
-def run_command(command, args, debug: bool) -> int:
-    """Run one verb: its exit code, or 1 with a one-line error for bad input."""
+def run_command(command, args, debug: bool, quiet: bool = False, verbose: bool = False) -> int:
+    """Run one verb: its exit code, 1 with a one-line error for bad input, 141 when stdout's reader left."""
+    logging.basicConfig(format="%(levelname)s: %(message)s" if verbose else "warning: %(message)s")
+    package_log = logging.getLogger(__package__)
+    previous_level = package_log.level
+    package_log.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
     try:
-        return command(args)
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            code = command(args)
+        sys.stdout.flush()
+        return code
     except CaffeSurgeryError as exc:
         if debug:
             traceback.print_exc()
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # e.g. piped into head: stop quietly; stdout goes nowhere so the exit flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    finally:
+        package_log.setLevel(previous_level)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,13 @@ from .model import Model, load_model
 
 def load(prototxt: str | os.PathLike, weights: str | os.PathLike | None = None, *,
          input_shapes: dict[str, tuple[int, ...]] | None = None, phase: str = "TEST") -> Model:
-    """Read a prototxt (current, V1 or V0) and optionally its caffemodel into a checked ``Model``."""
+    """Read a prototxt (current, V1 or V0) and optionally its caffemodel into a checked ``Model``
+    (``samples/...`` paths fall back to the samples shipped in the package)."""
     from .dataflow import item_shapes
+    from .resources import input_path
 
+    prototxt = input_path(str(prototxt))
+    weights = None if weights is None else input_path(str(weights))
     return load_model(prototxt, weights, phase=caffe_pb2.Phase.Value(phase.upper()), input_shapes=input_shapes,
                       data_shapes=item_shapes(prototxt))
 

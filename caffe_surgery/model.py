@@ -164,10 +164,12 @@ def load_model(prototxt: str | os.PathLike, weights: str | os.PathLike | None = 
         shapes = infer_shapes(net, input_shapes, top_shapes=top_shapes, data_shapes=data_shapes)
     except CaffeSurgeryError as exc:
         raise exc.with_file(str(prototxt))
+    log.info("read %s: %d layers", prototxt, len(net.layers))
     warnings = []
     if weights is not None:
         stored = read_stored_weights(weights)
         warnings = attach_weights(net, shapes, stored, str(weights))
+        log.info("read %s: weights for %d layers", weights, len(stored))
     for message in warnings:
         log.warning(message)
     return Model(net=net, shapes=shapes, warnings=warnings)

@@ -180,7 +180,7 @@ class Statistics:
         return stats
 
     def __repr__(self) -> str:
-        what = [f"channel {', '.join(self.kinds)} at {', '.join(self.channels)}"] if self.channels else []
+        what = [f"channel {'+'.join(self.kinds)} of {', '.join(self.channels)}"] if self.channels else []
         what += [f"maxout wins of groups {', '.join(map(str, self.wins))}"] if self.wins else []
         return f"Statistics({self.samples} samples: {'; '.join(what) or 'nothing gathered'})"
 

@@ -223,6 +223,6 @@ def sparsify_command(prototxt, weights, output_prefix, sparsity=None, threshold=
     atomic_write(outputs["report.json"], [json.dumps(report.as_dict(), indent=1).encode("utf-8")])
     print(format_sparsity_report(report))
     if precision == "fp16":
-        print(fp16_note(model.net, model.shapes, outputs["prototxt"], outputs["caffemodel"]))
+        print(fp16_note(net, model.shapes, outputs["prototxt"], outputs["caffemodel"]))
     print(format_written(outputs.values(), precision))
     return 0

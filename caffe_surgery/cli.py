@@ -15,6 +15,7 @@ from . import __version__, caffe_pb2
 from .criteria import CRITERIA
 from .data.spec import SPEC_FORMS
 from .errors import CaffeSurgeryError
+from .report import format_written
 from .resources import input_path
 
 EXAMPLES = {
@@ -199,7 +200,6 @@ def cmd_info(args) -> int:
 def cmd_upgrade(args) -> int:
     """Write a current-format copy of a V0/V1 prototxt and, optionally, its caffemodel."""
     from .io import read_net_text, read_weights, write_text
-    from .report import format_written
     from .save import save_float32_weights
     from .upgrade import upgrade_net
 
@@ -235,7 +235,7 @@ def cmd_export(args) -> int:
     model, _ = _load(args)
     onnx_model = export_onnx(model.net, model.shapes, opset=args.opset, dynamic_batch=args.dynamic_batch)
     save_onnx(onnx_model, args.output)
-    print(f"wrote {args.output}: inputs {', '.join(i.name for i in onnx_model.graph.input)}; "
+    print(f"{format_written([args.output])}: inputs {', '.join(i.name for i in onnx_model.graph.input)}; "
           f"outputs {', '.join(o.name for o in onnx_model.graph.output)}")
     return 0
 
@@ -319,7 +319,7 @@ def cmd_relevance(args) -> int:
     about = {"criterion": criterion.name, "layers": ",".join(g.name for g in group_list),
              "shard": f"{args.shard[0]}/{args.shard[1]}" if args.shard else "0/1"}
     stats.save(args.output, about)
-    print(f"wrote {args.output}: {stats.samples} samples, {len(group_list)} groups")
+    print(f"{format_written([args.output])}: {stats.samples} samples, {len(group_list)} groups")
     return 0
 
 
@@ -329,7 +329,7 @@ def cmd_relevance_merge(args) -> int:
 
     merged = merge_files(args.parts)
     save_arrays(args.output, merged)
-    print(f"wrote {args.output}: {int(merged['samples'])} samples from {len(args.parts)} files")
+    print(f"{format_written([args.output])}: {int(merged['samples'])} samples from {len(args.parts)} files")
     return 0
 
 
@@ -399,7 +399,7 @@ def cmd_prune(args) -> int:
     from .io import atomic_write
     from .plan import resolve_plan
     from .pruning import chosen_groups, compensate
-    from .report import format_prune_report, format_written, prune_report
+    from .report import format_prune_report, prune_report
     from .save import save_caffemodel, save_prototxt
     from .surgery import apply_plan
 
@@ -504,7 +504,7 @@ def cmd_importance(args) -> int:
     (p0, p1), (m0, m1), (a0, a1) = result.params, result.macs, result.accuracy
     print(f"filters kept: {', '.join(f'{k} {v}' for k, v in result.kept.items())}")
     print(f"parameters {p0:,} -> {p1:,}, MACs {m0:,} -> {m1:,}, test accuracy {a0:.4f} -> {a1:.4f}")
-    print(f"wrote {args.output}.prototxt, {args.output}.caffemodel")
+    print(format_written([f"{args.output}.prototxt", f"{args.output}.caffemodel"]))
     return 0
 
 

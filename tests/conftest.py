@@ -122,7 +122,8 @@ def _skip_reason(item) -> str | None:
             return f"{folder} is missing: {how}"
     seen: set = set()
     paths = list(_referenced_paths(item.function, seen)) if hasattr(item, "function") else []
-    for fixture_defs in getattr(item, "_fixtureinfo").name2fixturedefs.values() if hasattr(item, "_fixtureinfo") else ():
+    fixture_info = getattr(item, "_fixtureinfo", None)
+    for fixture_defs in (fixture_info.name2fixturedefs.values() if fixture_info else ()):
         for fixture_def in fixture_defs:
             paths += _referenced_paths(fixture_def.func, seen)
     callspec = getattr(item, "callspec", None)

@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import os
 import re
-import shutil
 import sys
 import urllib.request
 from dataclasses import dataclass
@@ -106,9 +105,9 @@ def fetch(assets: Path, base_url: str = GITHUB_RAW, models: list[str] | None = N
         url = base_url.format(repo=item.repo, commit=item.commit, path=item.path)
         atomic_write(destination, [download(url, item.sha256)])
         written.append(destination)
-    if not (target / "MANIFEST.tsv").is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(manifest, target / "MANIFEST.tsv")
+    copy = target / "MANIFEST.tsv"
+    if not copy.is_file() or copy.read_bytes() != manifest.read_bytes():
+        atomic_write(copy, [manifest.read_bytes()])
     return written
 
 

@@ -521,8 +521,10 @@ def cmd_reproduce(args) -> int:
 
 def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``reproduce lenet`` (shared with scripts/reproduce_lenet.py)."""
-    parser.add_argument("--data", required=True, help="training images, e.g. idx:train-images.gz:train-labels.gz")
-    parser.add_argument("--test-data", required=True, help="test images, e.g. idx:t10k-images.gz:t10k-labels.gz")
+    parser.add_argument("--data", required=True, metavar="SPEC",
+                        help=f"training images: {SPEC_FORMS}, e.g. idx:train-images.gz:train-labels.gz")
+    parser.add_argument("--test-data", required=True, metavar="SPEC",
+                        help=f"test images: {SPEC_FORMS}, e.g. idx:t10k-images.gz:t10k-labels.gz")
     parser.add_argument("-o", "--output", required=True, help="results folder")
     parser.add_argument("--max-iter", type=int, help="iterations per training (default: the reference solver's "
                                                      "3749 scaled to the training set size)")
@@ -592,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("a_prototxt", "a_weights", "b_prototxt", "b_weights"):
         compare.add_argument(name)
     compare.add_argument("--input", action="append", type=parse_input_shape, default=[], metavar="NAME=N,C,H,W")
-    compare.add_argument("--data", metavar="SPEC", help="inputs from data (default: seeded random inputs)")
+    compare.add_argument("--data", metavar="SPEC", help=f"inputs from data: {SPEC_FORMS} (default: seeded random inputs)")
     compare.add_argument("--limit", type=int, help="samples to compare (default 1)")
     compare.add_argument("--backend", choices=("onnxruntime", "opencv"), default="onnxruntime",
                          help="what runs net B (A always runs in onnxruntime)")
@@ -664,8 +666,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-w", "--weights", help="caffemodel to start from (by layer name)")
     train.add_argument("--max-iter", type=int, help="replace the solver's max_iter")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--data", help="training data instead of the TRAIN net's data layer source")
-    train.add_argument("--test-data", help="test data instead of the TEST net's data layer source")
+    train.add_argument("--data", metavar="SPEC",
+                       help=f"training data instead of the TRAIN net's data layer source: {SPEC_FORMS}")
+    train.add_argument("--test-data", metavar="SPEC",
+                       help=f"test data instead of the TEST net's data layer source: {SPEC_FORMS}")
     train.add_argument("--keep-zeros", action="store_true", help="masked fine-tuning: zero weights stay zero")
     train.add_argument("-o", "--output", required=True, help="the trained caffemodel")
     _precision_argument(train)

@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
-from . import caffe_pb2, layers
+from . import __version__, caffe_pb2, layers
 from .agreement import METRICS, SCORE_THRESHOLD
 from .compare import ATOL, RTOL
 from .criteria import CRITERIA
+from .data.spec import SPEC_FORMS
 from .errors import CaffeSurgeryError
+from .report import format_written
+from .resources import input_path
 
 EXAMPLES = {
     "info": ["caffe-surgery info samples/lenet_maxout.prototxt -w samples/lenet_maxout.caffemodel",
@@ -97,8 +103,9 @@ def _override(text: str) -> tuple[str, float]:
 # -- shared arguments and loading ---------------------------------------------------
 
 def _net_arguments(parser, weights_required=False, data=False):
-    parser.add_argument("prototxt", help="net definition (current, V1 or V0 format)")
-    parser.add_argument("-w", "--weights", required=weights_required, help="caffemodel with the weights")
+    parser.add_argument("prototxt", type=input_path, help="net definition (current, V1 or V0 format)")
+    parser.add_argument("-w", "--weights", type=input_path, required=weights_required,
+                        help="caffemodel with the weights")
     parser.add_argument("--input", action="append", type=parse_input_shape, default=[], metavar="NAME=N,C,H,W",
                         help="shape of a data/input blob (repeatable); overrides the net's own")
     parser.add_argument("--phase", type=_phase, default=caffe_pb2.TEST, help="TRAIN or TEST (default TEST)")
@@ -109,8 +116,7 @@ def _net_arguments(parser, weights_required=False, data=False):
 
 
 def _data_arguments(parser):
-    parser.add_argument("--data", metavar="SPEC", help="lmdb:PATH, list:FILE[:ROOT], idx:IMAGES[:LABELS] or npy:PATH "
-                                                       "(default: the net's own Data/ImageData layer)")
+    parser.add_argument("--data", metavar="SPEC", help=f"{SPEC_FORMS} (default: the net's own Data/ImageData layer)")
     parser.add_argument("--scale", type=float, help="multiply pixels by this after the mean (when the net has no "
                                                      "data layer with a transform_param), e.g. 0.00390625")
     parser.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")],
@@ -119,6 +125,12 @@ def _data_arguments(parser):
     parser.add_argument("--batch-size", type=int, help="samples per run (default: the data layer's, else 64)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime device")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+
+
+def _precision_argument(parser):
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="caffemodel blobs: fp32 (default) or fp16 (Convolution/InnerProduct as half floats, "
+                             "the format of OpenCV's shrinkCaffeModel)")
 
 
 def _runtime_options(args) -> dict:
@@ -197,8 +209,10 @@ def cmd_upgrade(args) -> int:
         raise CaffeSurgeryError("-w and -o go together: give both or neither")
     upgraded = upgrade_net(read_net_text(args.input_prototxt))
     if args.weights is not None:
-        save_float32_weights(upgrade_net(read_weights(args.weights)), args.output_weights)
+        save_float32_weights(upgrade_net(read_weights(args.weights)), args.output_weights, args.precision)
     write_text(args.output_prototxt, upgraded)
+    written = [args.output_prototxt] + ([args.output_weights] if args.weights is not None else [])
+    print(format_written(written, args.precision))
     return 0
 
 
@@ -223,7 +237,7 @@ def cmd_export(args) -> int:
     model, _ = _load(args)
     onnx_model = export_onnx(model.net, model.shapes, opset=args.opset, dynamic_batch=args.dynamic_batch)
     save_onnx(onnx_model, args.output)
-    print(f"wrote {args.output}: inputs {', '.join(i.name for i in onnx_model.graph.input)}; "
+    print(f"{format_written([args.output])}: inputs {', '.join(i.name for i in onnx_model.graph.input)}; "
           f"outputs {', '.join(o.name for o in onnx_model.graph.output)}")
     return 0
 
@@ -321,7 +335,7 @@ def cmd_relevance(args) -> int:
     about = {"criterion": criterion.name, "layers": ",".join(g.name for g in group_list),
              "shard": f"{args.shard[0]}/{args.shard[1]}" if args.shard else "0/1"}
     stats.save(args.output, about)
-    print(f"wrote {args.output}: {stats.samples} samples, {len(group_list)} groups")
+    print(f"{format_written([args.output])}: {stats.samples} samples, {len(group_list)} groups")
     return 0
 
 
@@ -331,7 +345,7 @@ def cmd_relevance_merge(args) -> int:
 
     merged = merge_files(args.parts)
     save_arrays(args.output, merged)
-    print(f"wrote {args.output}: {int(merged['samples'])} samples from {len(args.parts)} files")
+    print(f"{format_written([args.output])}: {int(merged['samples'])} samples from {len(args.parts)} files")
     return 0
 
 
@@ -449,7 +463,7 @@ def cmd_prune(args) -> int:
                 report["agreement"]["score_threshold"] = args.score_threshold
     outputs = {kind: Path(f"{prefix}.{kind}") for kind in ("prototxt", "caffemodel", "plan.json", "report.json")}
     save_prototxt(pruned_net, outputs["prototxt"])
-    save_caffemodel(pruned_net, outputs["caffemodel"])
+    save_caffemodel(pruned_net, outputs["caffemodel"], args.precision)
     problems = check_files(outputs["prototxt"], outputs["caffemodel"],
                            input_shapes={t.name: tuple(pruned_shapes.blob(t)) for l in pruned_net.layers
                                          if not l.bottoms for t in l.tops})
@@ -458,13 +472,34 @@ def cmd_prune(args) -> int:
             path.unlink()
         raise CaffeSurgeryError("internal error: the pruned pair fails check: " + "; ".join(problems))
     report["files"] = {"caffemodel": [Path(args.weights).stat().st_size, outputs["caffemodel"].stat().st_size]}
+    if args.precision == "fp16":
+        notes.append(_fp16_change(pruned_net, pruned_shapes, outputs, evaluator if source is not None else None,
+                                  measure if source is not None else None, report))
     plan.save(outputs["plan.json"])
     atomic_write(outputs["report.json"], [json.dumps(report, indent=1).encode("utf-8")])
     print(format_prune_report(report))
     for note in notes:
         print(f"note: {note}")
-    print(f"wrote {', '.join(str(p) for p in outputs.values())}")
+    print(format_written(outputs.values(), args.precision))
     return 0
+
+
+def _fp16_change(net, shapes, outputs, evaluator, measure, report) -> str:
+    """The fp16 note of a pruned pair: the probe difference and, with data, the figure read back in fp16
+    (top-1 accuracy, or agreement with the original net)."""
+    from .model import load_model
+    from .precision import fp16_note
+
+    note = fp16_note(net, shapes, outputs["prototxt"], outputs["caffemodel"])
+    if evaluator is None:
+        return note
+    written = load_model(outputs["prototxt"], outputs["caffemodel"], input_shapes={
+        t.name: tuple(shapes.blob(t)) for layer in net.layers if not layer.bottoms for t in layer.tops})
+    if measure is not None:
+        report["agreement"]["after_fp16"] = measure.figures(written.net, written.shapes)
+        return f"{note}; agreement read back in fp16: {report['agreement']['after_fp16']}"
+    report["accuracy"]["after_fp16"] = evaluator(written.net, written.shapes)
+    return f"{note}; top-1 accuracy {report['accuracy']['after_fp16']:.4f} in fp16"
 
 
 def cmd_sparsify(args) -> int:
@@ -473,14 +508,15 @@ def cmd_sparsify(args) -> int:
 
     return sparsify_command(args.prototxt, args.weights, args.output, sparsity=args.sparsity,
                             threshold=args.threshold, std_factor=args.std_factor, layers=args.layers,
-                            scope=args.scope, input_shapes=dict(args.input))
+                            scope=args.scope, input_shapes=dict(args.input), precision=args.precision)
 
 
 def cmd_fold_bn(args) -> int:
     """Fold BatchNorm/Scale layers into the preceding Convolution/InnerProduct."""
     from .fold import fold_command
 
-    return fold_command(args.prototxt, args.weights, args.output, input_shapes=dict(args.input))
+    return fold_command(args.prototxt, args.weights, args.output, input_shapes=dict(args.input),
+                        precision=args.precision)
 
 
 def cmd_train(args) -> int:
@@ -488,7 +524,7 @@ def cmd_train(args) -> int:
     from .train import train_command
 
     return train_command(args.solver, args.weights, args.max_iter, args.device, args.output, args.data,
-                         args.test_data, args.keep_zeros)
+                         args.test_data, args.keep_zeros, args.precision)
 
 
 def cmd_importance(args) -> int:
@@ -502,7 +538,7 @@ def cmd_importance(args) -> int:
     (p0, p1), (m0, m1), (a0, a1) = result.params, result.macs, result.accuracy
     print(f"filters kept: {', '.join(f'{k} {v}' for k, v in result.kept.items())}")
     print(f"parameters {p0:,} -> {p1:,}, MACs {m0:,} -> {m1:,}, test accuracy {a0:.4f} -> {a1:.4f}")
-    print(f"wrote {args.output}.prototxt, {args.output}.caffemodel")
+    print(format_written([f"{args.output}.prototxt", f"{args.output}.caffemodel"]))
     return 0
 
 
@@ -519,8 +555,10 @@ def cmd_reproduce(args) -> int:
 
 def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``reproduce lenet`` (shared with scripts/reproduce_lenet.py)."""
-    parser.add_argument("--data", required=True, help="training images, e.g. idx:train-images.gz:train-labels.gz")
-    parser.add_argument("--test-data", required=True, help="test images, e.g. idx:t10k-images.gz:t10k-labels.gz")
+    parser.add_argument("--data", required=True, metavar="SPEC",
+                        help=f"training images: {SPEC_FORMS}, e.g. idx:train-images.gz:train-labels.gz")
+    parser.add_argument("--test-data", required=True, metavar="SPEC",
+                        help=f"test images: {SPEC_FORMS}, e.g. idx:t10k-images.gz:t10k-labels.gz")
     parser.add_argument("-o", "--output", required=True, help="results folder")
     parser.add_argument("--max-iter", type=int, help="iterations per training (default: the reference solver's "
                                                      "3749 scaled to the training set size)")
@@ -537,16 +575,27 @@ def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _verb(verbs, name, help_text, run):
     epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES.get(name, []))
-    parser = verbs.add_parser(name, help=help_text, description=help_text, epilog=epilog,
+    parser = verbs.add_parser(name, help=help_text, description=help_text.replace("%%", "%"), epilog=epilog,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common_options(parser, default=argparse.SUPPRESS)
     parser.set_defaults(run=run)
     return parser
+
+
+def _common_options(parser, default=None):
+    """--debug, -q, -v: accepted before the verb and after it (``default=SUPPRESS`` there)."""
+    parser.add_argument("--debug", action="store_true", default=default or False, help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default or False,
+                        help="print errors only (no warnings, no progress, no results on stdout)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default or False,
+                        help="also print progress messages (e.g. training iterations)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every verb."""
     parser = argparse.ArgumentParser(prog="caffe-surgery", description="Inspect, export and prune legacy Caffe models.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _common_options(parser)
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
                         help="a Python file declaring layer types (repeatable; before or after the verb)")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -560,7 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("input_prototxt")
     upgrade.add_argument("output_prototxt")
     upgrade.add_argument("-w", "--weights", help="caffemodel to upgrade too")
-    upgrade.add_argument("-o", "--output-weights", help="where to write the upgraded caffemodel (float32 blobs)")
+    upgrade.add_argument("-o", "--output-weights", help="where to write the upgraded caffemodel")
+    _precision_argument(upgrade)
 
     check = _verb(verbs, "check", "validate a pair as strictly as Caffe's own loader", cmd_check)
     _net_arguments(check, weights_required=True)
@@ -580,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("a_prototxt", "a_weights", "b_prototxt", "b_weights"):
         compare.add_argument(name)
     compare.add_argument("--input", action="append", type=parse_input_shape, default=[], metavar="NAME=N,C,H,W")
-    compare.add_argument("--data", metavar="SPEC", help="inputs from data (default: seeded random inputs)")
+    compare.add_argument("--data", metavar="SPEC", help=f"inputs from data: {SPEC_FORMS} (default: seeded random inputs)")
     compare.add_argument("--limit", type=int, help="samples to compare (default 1)")
     compare.add_argument("--backend", choices=("onnxruntime", "opencv"), default="onnxruntime",
                          help="what runs net B (A always runs in onnxruntime)")
@@ -645,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="print the plan and projected sizes; write nothing")
     prune.add_argument("-o", "--output", required=True, help="output prefix: writes PREFIX.prototxt/.caffemodel/"
                                                               ".report.json/.plan.json")
+    _precision_argument(prune)
     sparsify = _verb(verbs, "sparsify", "magnitude weight pruning (exact zeros; sparse and zip sizes reported)",
                      cmd_sparsify)
     _net_arguments(sparsify, weights_required=True)
@@ -659,6 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one cut over all chosen layers")
     sparsify.add_argument("--layers", type=lambda t: t.split(","), help="only these layers (comma-separated)")
     sparsify.add_argument("-o", "--output", required=True, help="output prefix (.prototxt/.caffemodel/.report.json)")
+    _precision_argument(sparsify)
 
     train = _verb(verbs, "train", "train from a solver prototxt with Caffe's semantics (pip install "
                   "'caffe-surgery[train]')", cmd_train)
@@ -666,10 +718,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-w", "--weights", help="caffemodel to start from (by layer name)")
     train.add_argument("--max-iter", type=int, help="replace the solver's max_iter")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--data", help="training data instead of the TRAIN net's data layer source")
-    train.add_argument("--test-data", help="test data instead of the TEST net's data layer source")
+    train.add_argument("--data", metavar="SPEC",
+                       help=f"training data instead of the TRAIN net's data layer source: {SPEC_FORMS}")
+    train.add_argument("--test-data", metavar="SPEC",
+                       help=f"test data instead of the TEST net's data layer source: {SPEC_FORMS}")
     train.add_argument("--keep-zeros", action="store_true", help="masked fine-tuning: zero weights stay zero")
     train.add_argument("-o", "--output", required=True, help="the trained caffemodel")
+    _precision_argument(train)
 
     importance = _verb(verbs, "importance", "filter pruning with learned importance weights under an accuracy "
                        "tolerance (Appl. Sci. 2022; needs the train extra)", cmd_importance)
@@ -693,6 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     fold = _verb(verbs, "fold-bn", "fold BatchNorm/Scale into the preceding Convolution/InnerProduct", cmd_fold_bn)
     _net_arguments(fold, weights_required=True)
     fold.add_argument("-o", "--output", required=True, help="output prefix (.prototxt/.caffemodel)")
+    _precision_argument(fold)
     return parser
 
 
@@ -704,8 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.plugin = plugins
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    return run_command(_with_plugins(args.run, plugins), args, args.debug)
+    return run_command(_with_plugins(args.run, plugins), args, args.debug, args.quiet, args.verbose)
 
 
 def _plugin_files(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -735,20 +790,33 @@ def _main_merge(argv: list[str]) -> int:
                                      description="add the statistics of shards into one file")
     parser.add_argument("parts", nargs="+", help="the part_*.npz files")
     parser.add_argument("-o", "--output", required=True)
-    parser.add_argument("--debug", action="store_true")
+    _common_options(parser)
     args = parser.parse_args(argv)
-    return run_command(cmd_relevance_merge, args, args.debug)
+    return run_command(cmd_relevance_merge, args, args.debug, args.quiet, args.verbose)
 
 
-def run_command(command, args, debug: bool) -> int:
-    """Run one verb: its exit code, or 1 with a one-line error for bad input."""
+def run_command(command, args, debug: bool, quiet: bool = False, verbose: bool = False) -> int:
+    """Run one verb: its exit code, 1 with a one-line error for bad input, 141 when stdout's reader left."""
+    logging.basicConfig(format="%(levelname)s: %(message)s" if verbose else "warning: %(message)s")
+    package_log = logging.getLogger(__package__)
+    previous_level = package_log.level
+    package_log.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
     try:
-        return command(args)
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            code = command(args)
+        sys.stdout.flush()
+        return code
     except CaffeSurgeryError as exc:
         if debug:
             traceback.print_exc()
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # e.g. piped into head: stop quietly; stdout goes nowhere so the exit flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    finally:
+        package_log.setLevel(previous_level)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ class Evaluation:
     has_loss: bool = False
     seconds: float = 0.0
 
+    def __repr__(self) -> str:
+        figures = ", ".join(f"top-{k} {self.accuracy(k):.4f}" for k in sorted(self.correct))
+        loss = f", loss {self.loss:.4f}" if self.loss is not None else ""
+        return f"Evaluation({self.samples} samples: {figures}{loss})"
+
     def accuracy(self, k: int) -> float:
         return self.correct.get(k, 0) / max(self.samples, 1)
 

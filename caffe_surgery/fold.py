@@ -159,9 +159,12 @@ def fold_scale(net: Net, shapes: NetShapes) -> tuple[Net, list[str]]:
     return fold(net, shapes, ("Scale",))
 
 
-def fold_command(prototxt, weights, output_prefix, input_shapes=None) -> int:
-    """Fold BatchNorm and Scale chains; write PREFIX.prototxt/.caffemodel and print what went."""
+def fold_command(prototxt, weights, output_prefix, input_shapes=None, precision: str = "fp32") -> int:
+    """Fold BatchNorm and Scale chains; write PREFIX.prototxt/.caffemodel (``precision``: fp32 or fp16)
+    and print what went."""
     from .model import load_model
+    from .precision import fp16_note
+    from .report import format_written
     from .save import save_caffemodel, save_prototxt
 
     model = load_model(prototxt, weights, input_shapes=input_shapes or None)
@@ -171,8 +174,10 @@ def fold_command(prototxt, weights, output_prefix, input_shapes=None) -> int:
     params_before, params_after = model.shapes.totals()[0], infer_shapes(folded, inputs).totals()[0]
     outputs = [Path(f"{output_prefix}.prototxt"), Path(f"{output_prefix}.caffemodel")]
     save_prototxt(folded, outputs[0])
-    save_caffemodel(folded, outputs[1])
+    save_caffemodel(folded, outputs[1], precision)
     print(f"folded {len(removed)} layers: {', '.join(removed) or '-'}")
     print(f"layers {len(model.net.layers)} -> {len(folded.layers)}, parameters {params_before:,} -> {params_after:,}")
-    print(f"wrote {outputs[0]}, {outputs[1]}")
+    if precision == "fp16":
+        print(fp16_note(model.net, model.shapes, *outputs))
+    print(format_written(outputs, precision))
     return 0

@@ -105,6 +105,11 @@ class Net:
     def name(self) -> str:
         return self.header.name
 
+    def __repr__(self) -> str:
+        inputs = [t.name for layer in self.layers if not layer.bottoms for t in layer.tops]
+        return (f"Net({self.name!r}: {len(self.layers)} layers, inputs {', '.join(inputs) or '-'}, "
+                f"outputs {', '.join(v.name for v in self.outputs()) or '-'})")
+
     def layer(self, name: str) -> Layer:
         """The layer called ``name``; GraphError if there is none."""
         try:

@@ -90,6 +90,11 @@ class Group:
     def name(self) -> str:
         return self.producers[0] if self.producers else f"group{self.id}"
 
+    def __repr__(self) -> str:
+        kind = f", maxout {self.maxout.units}x{self.maxout.k}" if self.maxout is not None else ""
+        state = "prunable" if self.prunable else f"pinned: {'; '.join(self.pinned) or 'no producer'}"
+        return f"Group({self.id}, {self.name!r}: {self.size} channels{kind}, {len(self.members)} members, {state})"
+
 
 class Groups:
     """The channel groups of a net and the layout of every blob version."""
@@ -111,6 +116,9 @@ class Groups:
 
     def prunable(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
+
+    def __repr__(self) -> str:
+        return f"Groups({len(self.groups)} groups, prunable: {', '.join(g.name for g in self.prunable()) or '-'})"
 
 
 class _Builder:

@@ -32,6 +32,28 @@ class Model:
     shapes: NetShapes
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def layers(self) -> list:
+        """The net's layers, in order."""
+        return self.net.layers
+
+    @property
+    def params(self) -> int:
+        """Parameters of the net (a blob shared by name counts once)."""
+        return self.shapes.totals()[0]
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one forward pass at the net's input shapes."""
+        return self.shapes.totals()[1]
+
+    def __repr__(self) -> str:
+        inputs = ", ".join(f"{t.name} {'x'.join(map(str, self.shapes.blob(t)))}"
+                           for layer in self.net.layers if not layer.bottoms for t in layer.tops)
+        weights = "with weights" if any(layer.blobs for layer in self.net.layers) else "no weights"
+        return (f"Model({self.net.name!r}: {len(self.net.layers)} layers, input {inputs or '-'}, "
+                f"{self.params:,} parameters, {self.macs:,} MACs, {weights})")
+
 
 def legacy_fits(stored: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     """Caffe's legacy rule: 4-D num/channels/height/width equal the expected shape padded with 1s."""
@@ -142,10 +164,12 @@ def load_model(prototxt: str | os.PathLike, weights: str | os.PathLike | None = 
         shapes = infer_shapes(net, input_shapes, top_shapes=top_shapes, data_shapes=data_shapes)
     except CaffeSurgeryError as exc:
         raise exc.with_file(str(prototxt))
+    log.info("read %s: %d layers", prototxt, len(net.layers))
     warnings = []
     if weights is not None:
         stored = read_stored_weights(weights)
         warnings = attach_weights(net, shapes, stored, str(weights))
+        log.info("read %s: weights for %d layers", weights, len(stored))
     for message in warnings:
         log.warning(message)
     return Model(net=net, shapes=shapes, warnings=warnings)

@@ -34,6 +34,11 @@ class Plan:
     keep: dict[str, list[int]]
     about: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        about = ", ".join(f"{k}={v!r}" for k, v in self.about.items())
+        kept = ", ".join(f"{layer} keeps {len(indices)}" for layer, indices in self.keep.items())
+        return f"Plan({kept or 'nothing'}{'; ' + about if about else ''})"
+
     def to_json(self) -> str:
         document = {"version": PLAN_VERSION, "keep": {k: [int(i) for i in v] for k, v in self.keep.items()}}
         document.update(self.about)

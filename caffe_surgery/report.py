@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from .graph import Net
 from .shapes import NetShapes
@@ -169,3 +170,12 @@ def format_prune_report(report: dict) -> str:
 
 def _percent(new: int, old: int) -> str:
     return f"{100.0 * (new - old) / old:+.1f}%" if old else "n/a"
+
+
+def format_written(paths, precision: str = "fp32") -> str:
+    """``wrote A (1,234 bytes), B (…)``: what a writer wrote; an fp16 caffemodel says so."""
+    parts = []
+    for path in paths:
+        half = ", fp16" if precision == "fp16" and str(path).endswith(".caffemodel") else ""
+        parts.append(f"{path} ({Path(path).stat().st_size:,} bytes{half})")
+    return f"wrote {', '.join(parts)}"

@@ -199,13 +199,17 @@ def format_sparsity_report(report: SparsityReport) -> str:
 
 
 def sparsify_command(prototxt, weights, output_prefix, sparsity=None, threshold=None, std_factor=None,
-                     layers=None, scope="per-layer", input_shapes=None) -> int:
+                     layers=None, scope="per-layer", input_shapes=None, precision: str = "fp32") -> int:
     """Load, sparsify, write PREFIX.prototxt/.caffemodel/.report.json and print the table.
+
+    ``precision``: the caffemodel's blobs, fp32 or fp16 (see ``precision``).
 
     The report's files compare the input caffemodel with the written one, as
     stored and deflated.
     """
     from .model import load_model
+    from .precision import fp16_note
+    from .report import format_written
     from .save import save_caffemodel, save_prototxt
 
     model = load_model(prototxt, weights, input_shapes=input_shapes or None)
@@ -213,10 +217,12 @@ def sparsify_command(prototxt, weights, output_prefix, sparsity=None, threshold=
                            layers=layers, scope=scope)
     outputs = {kind: Path(f"{output_prefix}.{kind}") for kind in ("prototxt", "caffemodel", "report.json")}
     save_prototxt(net, outputs["prototxt"])
-    save_caffemodel(net, outputs["caffemodel"])
+    save_caffemodel(net, outputs["caffemodel"], precision)
     report.files = {"caffemodel": [Path(weights).stat().st_size, outputs["caffemodel"].stat().st_size],
                     "deflated caffemodel": [compressed_size(weights), compressed_size(outputs["caffemodel"])]}
     atomic_write(outputs["report.json"], [json.dumps(report.as_dict(), indent=1).encode("utf-8")])
     print(format_sparsity_report(report))
-    print(f"wrote {', '.join(str(p) for p in outputs.values())}")
+    if precision == "fp16":
+        print(fp16_note(net, model.shapes, outputs["prototxt"], outputs["caffemodel"]))
+    print(format_written(outputs.values(), precision))
     return 0

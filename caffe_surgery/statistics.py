@@ -178,6 +178,11 @@ class Statistics:
                 stats.wins[group.id] = WinStats(group.maxout.units, group.maxout.k)
         return stats
 
+    def __repr__(self) -> str:
+        what = [f"channel {'+'.join(self.kinds)} of {', '.join(self.channels)}"] if self.channels else []
+        what += [f"maxout wins of groups {', '.join(map(str, self.wins))}"] if self.wins else []
+        return f"Statistics({self.samples} samples: {'; '.join(what) or 'nothing gathered'})"
+
     def channel_taps(self, group_id: int) -> list[str]:
         return self.group_taps.get(group_id, [])
 

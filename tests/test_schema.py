@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 from caffe_surgery import caffe_pb2
-from conftest import REPO, SHARED
+from conftest import REPO, WIRE_FACTS
 
 FieldProto = descriptor_pb2.FieldDescriptorProto
 LABELS = {"optional": FieldProto.LABEL_OPTIONAL, "repeated": FieldProto.LABEL_REPEATED,
@@ -21,7 +21,7 @@ SCALAR_TYPES = {name.lower()[5:]: value for name, value in FieldProto.Type.items
 
 def _facts():
     rows = []
-    for line in (SHARED / "caffe-wire-facts.tsv").read_text().splitlines():
+    for line in WIRE_FACTS.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             rows.append((line.split("\t") + [""] * 7)[:7])
     return rows

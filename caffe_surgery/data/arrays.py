@@ -87,7 +87,7 @@ def numpy_source(path: str, transformer: Transformer | None = None) -> ArraySour
     """Source over a ``.npy`` array (labels 0) or a ``.npz`` with ``data``/``images`` and ``labels``/``label``."""
     try:
         loaded = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"cannot load numpy file: {exc}", file=path) from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         return ArraySource(loaded, None, path, transformer)

@@ -658,7 +658,6 @@ def main(argv: list[str] | None = None) -> int:
         return _main_merge(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.plugin = plugins
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     return run_command(_with_plugins(args.run, plugins), args, args.debug)
 

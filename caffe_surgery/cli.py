@@ -381,12 +381,16 @@ def cmd_prune(args) -> int:
     """Prune by plan, by criterion and ratio, or to an accuracy tolerance; write the smaller pair."""
     from .check import check_files
     from .criteria import get_criterion
+    from .dataflow import input_layer
+    from .deploy import deploy_net
+    from .finetune import finetune_files, is_train_val
     from .groups import build_groups
-    from .io import atomic_write
+    from .io import atomic_write, write_text
     from .plan import resolve_plan
     from .pruning import chosen_groups, compensate
     from .report import format_prune_report, prune_report
     from .save import save_caffemodel, save_prototxt
+    from .shapes import infer_shapes
     from .surgery import apply_plan
 
     criterion = get_criterion(args.criterion) if args.criterion else None
@@ -419,15 +423,26 @@ def cmd_prune(args) -> int:
         report["accuracy"] = {"before": evaluate_accuracy(model.net, model.shapes),
                               "after": evaluate_accuracy(pruned_net, pruned_shapes), "samples": len(source)}
     outputs = {kind: Path(f"{prefix}.{kind}") for kind in ("prototxt", "caffemodel", "plan.json", "report.json")}
-    save_prototxt(pruned_net, outputs["prototxt"])
-    save_caffemodel(pruned_net, outputs["caffemodel"])
+    train_val = args.train_val or (args.prototxt if is_train_val(model.net.to_proto()) else None)
+    if args.solver and not train_val:
+        raise CaffeSurgeryError("--solver needs the training net: pass --train-val FILE")
+    finetuning = finetune_files(prefix, train_val, plan, net, pruned_net,
+                                tuple(pruned_shapes.blob(input_layer(pruned_net).tops[0])[1:]),
+                                args.solver) if train_val else {}
+    written = deploy_net(pruned_net, pruned_shapes) if train_val == args.prototxt else pruned_net
+    save_prototxt(written, outputs["prototxt"])
+    save_caffemodel(written, outputs["caffemodel"])
+    written_shapes = pruned_shapes if written is pruned_net else infer_shapes(written)
     problems = check_files(outputs["prototxt"], outputs["caffemodel"],
-                           input_shapes={t.name: tuple(pruned_shapes.blob(t)) for l in pruned_net.layers
+                           input_shapes={t.name: tuple(written_shapes.blob(t)) for l in written.layers
                                          if not l.bottoms for t in l.tops})
     if problems:
         for path in (outputs["prototxt"], outputs["caffemodel"]):
             path.unlink()
         raise CaffeSurgeryError("internal error: the pruned pair fails check: " + "; ".join(problems))
+    for path, message in finetuning.items():
+        write_text(path, message)
+        outputs[path.name[len(prefix.name) + 1:]] = path
     report["files"] = {"caffemodel": [Path(args.weights).stat().st_size, outputs["caffemodel"].stat().st_size]}
     plan.save(outputs["plan.json"])
     atomic_write(outputs["report.json"], [json.dumps(report, indent=1).encode("utf-8")])
@@ -596,6 +611,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--compensate", action="store_true",
                        help="fold removed channels' mean activation into the consumers' bias")
     prune.add_argument("--dry-run", action="store_true", help="print the plan and projected sizes; write nothing")
+    prune.add_argument("--train-val", metavar="FILE", help="the training net (all phases) to prune the same way: "
+                       "writes PREFIX.train_val.prototxt and PREFIX.solver.prototxt for fine-tuning (automatic "
+                       "when the net itself has a loss or phase rules)")
+    prune.add_argument("--solver", help="the solver PREFIX.solver.prototxt starts from (nets replaced, base_lr x 0.1; "
+                       "default: SGD at 0.001)")
     prune.add_argument("-o", "--output", required=True, help="output prefix: writes PREFIX.prototxt/.caffemodel/"
                                                               ".report.json/.plan.json")
     sparsify = _verb(verbs, "sparsify", "magnitude weight pruning (exact zeros; sparse and zip sizes reported)",

@@ -121,6 +121,9 @@ class _Trainer:
                 for message in attach_weights(net, net_shapes, stored, path):
                     log.warning(message)
         self.model = TorchNet(setup.train_net, shapes[0], TRAIN, device=device, rng=rng)
+        if not self.model.loss_weights:
+            raise CaffeSurgeryError("the TRAIN net has no loss layer (e.g. SoftmaxWithLoss) to minimise; train a "
+                                    "train_val net, not a deploy net", file=setup.train_net.source)
         self.testers = [TorchNet(net, net_shapes, TEST, device=device, rng=rng, share_with=self.model)
                         for (net, _), net_shapes in zip(nets[1:], shapes[1:])]
         self.solver = Solver(param, self.model.learnables)

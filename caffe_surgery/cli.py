@@ -36,6 +36,7 @@ EXAMPLES = {
     "reproduce": ["caffe-surgery reproduce lenet --data idx:train-images-idx3-ubyte.gz:train-labels-idx1-ubyte.gz "
                   "--test-data idx:t10k-images-idx3-ubyte.gz:t10k-labels-idx1-ubyte.gz -o results/lenet"],
     "fold-bn": ["caffe-surgery fold-bn net.prototxt -w w.caffemodel -o out/folded"],
+    "reshape": ["caffe-surgery reshape deploy.prototxt -w w.caffemodel --input data=8,3,300,300 -o deploy_b8"],
     "prune": ["caffe-surgery prune net.prototxt -w w.caffemodel --criterion weight-l1 --ratio 0.5 -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --plan plan.json -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --criterion maxout-wins --maxout-k 3 --data lmdb:db -o small"],
@@ -381,7 +382,7 @@ def cmd_prune(args) -> int:
     """Prune by plan, by criterion and ratio, or to an accuracy tolerance; write the smaller pair."""
     from .check import check_files
     from .criteria import get_criterion
-    from .dataflow import input_layer
+    from .dataflow import input_layer, item_shapes
     from .deploy import deploy_net
     from .finetune import finetune_files, is_train_val
     from .groups import build_groups
@@ -389,6 +390,7 @@ def cmd_prune(args) -> int:
     from .plan import resolve_plan
     from .pruning import chosen_groups, compensate
     from .report import format_prune_report, prune_report
+    from .reshape import reshape_net
     from .save import save_caffemodel, save_prototxt
     from .shapes import infer_shapes
     from .surgery import apply_plan
@@ -426,13 +428,15 @@ def cmd_prune(args) -> int:
     train_val = args.train_val or (args.prototxt if is_train_val(model.net.to_proto()) else None)
     if args.solver and not train_val:
         raise CaffeSurgeryError("--solver needs the training net: pass --train-val FILE")
+    images = input_layer(pruned_net).tops[0]
     finetuning = finetune_files(prefix, train_val, plan, net, pruned_net,
-                                tuple(pruned_shapes.blob(input_layer(pruned_net).tops[0])[1:]),
-                                args.solver) if train_val else {}
+                                {images.name: tuple(pruned_shapes.blob(images)[1:])}, args.solver) if train_val else {}
     written = deploy_net(pruned_net, pruned_shapes) if train_val == args.prototxt else pruned_net
+    written = reshape_net(written, dict(args.input))
     save_prototxt(written, outputs["prototxt"])
     save_caffemodel(written, outputs["caffemodel"])
-    written_shapes = pruned_shapes if written is pruned_net else infer_shapes(written)
+    written_shapes = pruned_shapes if written is pruned_net else infer_shapes(written, data_shapes=item_shapes(
+        args.prototxt, {name: shape[1:] for name, shape in args.input}))
     problems = check_files(outputs["prototxt"], outputs["caffemodel"],
                            input_shapes={t.name: tuple(written_shapes.blob(t)) for l in written.layers
                                          if not l.bottoms for t in l.tops})
@@ -450,6 +454,17 @@ def cmd_prune(args) -> int:
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {', '.join(str(p) for p in outputs.values())}")
+    return 0
+
+
+def cmd_reshape(args) -> int:
+    """Write new input shapes into a prototxt once every layer is known to fit them; copy the weights."""
+    from .reshape import reshape_command
+
+    if not args.input:
+        raise CaffeSurgeryError("say the new shape: --input NAME=N,C,H,W")
+    outputs = reshape_command(args.prototxt, args.weights, dict(args.input), args.output, args.phase)
+    print(f"wrote {', '.join(str(p) for p in outputs)}")
     return 0
 
 
@@ -618,6 +633,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "default: SGD at 0.001)")
     prune.add_argument("-o", "--output", required=True, help="output prefix: writes PREFIX.prototxt/.caffemodel/"
                                                               ".report.json/.plan.json")
+    reshape = _verb(verbs, "reshape", "write a new input shape (batch, size) into a prototxt; every layer is "
+                    "checked to fit it", cmd_reshape)
+    reshape.add_argument("prototxt", help="net definition (current, V1 or V0 format)")
+    reshape.add_argument("-w", "--weights", help="caffemodel to check against the new shapes and copy")
+    reshape.add_argument("--input", action="append", type=parse_input_shape, default=[], metavar="NAME=N,C,H,W",
+                         help="the new shape of a data/input blob (repeatable)")
+    reshape.add_argument("--phase", type=_phase, default=caffe_pb2.TEST, help="phase to check (default TEST)")
+    reshape.add_argument("-o", "--output", required=True, help="output prefix (.prototxt, and .caffemodel with -w)")
+
     sparsify = _verb(verbs, "sparsify", "magnitude weight pruning (exact zeros; sparse and zip sizes reported)",
                      cmd_sparsify)
     _net_arguments(sparsify, weights_required=True)

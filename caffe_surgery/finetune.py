@@ -16,13 +16,14 @@ from pathlib import Path
 from . import caffe_pb2
 from .dataflow import item_shapes
 from .errors import CaffeSurgeryError, PlanError, ShapeError
-from .graph import TEST, TRAIN, Layer, Net, build_net, layer_included
+from .graph import TEST, TRAIN, Net, build_net, layer_included
 from .groups import build_groups
-from .io import read_net_text, read_solver
+from .io import read_solver
+from .model import read_upgraded_net
 from .plan import Plan, resolve_plan
 from .shapes import NetShapes, infer_shapes
 from .surgery import apply_plan
-from .upgrade import upgrade_net, upgrade_solver
+from .upgrade import upgrade_solver
 
 PHASES = (TRAIN, TEST)
 LR_FACTOR = 0.1  # fine-tuning starts from trained weights: a tenth of the training rate
@@ -39,14 +40,6 @@ def is_train_val(net_param: caffe_pb2.NetParameter) -> bool:
     return False
 
 
-def read_train_val(path: str | os.PathLike) -> caffe_pb2.NetParameter:
-    """The train_val prototxt, upgraded to the current format."""
-    try:
-        return upgrade_net(read_net_text(path))
-    except CaffeSurgeryError as exc:
-        raise exc.with_file(str(path))
-
-
 def _phase_state(net_param: caffe_pb2.NetParameter, phase: int) -> caffe_pb2.NetState:
     state = caffe_pb2.NetState()
     state.CopyFrom(net_param.state)
@@ -54,28 +47,13 @@ def _phase_state(net_param: caffe_pb2.NetParameter, phase: int) -> caffe_pb2.Net
     return state
 
 
-def _data_shapes(path: str, fallback_item: tuple[int, ...] | None):
-    """Data layers' item shapes from their sources; where a source cannot be read, the deploy net's input."""
-    from_source = item_shapes(path)
-
-    def resolve(layer: Layer) -> list[tuple[int, ...]]:
-        try:
-            return from_source(layer)
-        except ShapeError:
-            if fallback_item is None:
-                raise
-            return [tuple(fallback_item), ()]
-
-    return resolve
-
-
 def _pruned_phase(net_param: caffe_pb2.NetParameter, phase: int, plan: Plan, source: str, original: Net,
-                  fallback_item: tuple[int, ...] | None) -> tuple[Net, NetShapes]:
+                  fallback_items: dict[str, tuple[int, ...]] | None) -> tuple[Net, NetShapes]:
     """One phase of the train_val with the original weights (by layer name), pruned."""
     state = net_param.state
     net = build_net(net_param, phase=phase, level=state.level, stages=tuple(state.stage), source=source)
     try:
-        shapes = infer_shapes(net, data_shapes=_data_shapes(source, fallback_item))
+        shapes = infer_shapes(net, data_shapes=item_shapes(source, fallback_items))
     except CaffeSurgeryError as exc:
         raise exc.with_file(source)
     for layer in net.layers:
@@ -95,17 +73,17 @@ def _check_blobs(name: str, expected, blobs, source: str) -> None:
 
 
 def prune_train_val(path: str | os.PathLike, plan: Plan, original: Net, pruned: Net,
-                    fallback_item: tuple[int, ...] | None = None) -> caffe_pb2.NetParameter:
+                    fallback_items: dict[str, tuple[int, ...]] | None = None) -> caffe_pb2.NetParameter:
     """The train_val with ``plan`` applied to every phase, layers in their order with their rules.
 
     ``original`` is the net with the weights the plan was made for (they go
     through the same surgery); ``pruned`` is its pruned version, whose weights
-    must fit every pruned phase. ``fallback_item`` is the (C, H, W) of one image
-    for data layers whose source cannot be read here.
+    must fit every pruned phase. ``fallback_items`` gives, by top name, the item
+    shape (C, H, W) of data layers whose source cannot be read here.
     """
     source = str(path)
-    net_param = read_train_val(path)
-    phases = {phase: _pruned_phase(net_param, phase, plan, source, original, fallback_item) for phase in PHASES}
+    net_param = read_upgraded_net(path)
+    phases = {phase: _pruned_phase(net_param, phase, plan, source, original, fallback_items) for phase in PHASES}
     for net, shapes in phases.values():
         for layer in net.layers:
             if pruned.has_layer(layer.name):
@@ -159,10 +137,10 @@ def tests_in_phase(net_param: caffe_pb2.NetParameter) -> bool:
 
 
 def finetune_files(prefix: str | os.PathLike, train_val: str | os.PathLike, plan: Plan, original: Net, pruned: Net,
-                   fallback_item: tuple[int, ...] | None,
+                   fallback_items: dict[str, tuple[int, ...]] | None,
                    user_solver: str | os.PathLike | None) -> dict[Path, caffe_pb2.NetParameter | caffe_pb2.SolverParameter]:
     """PREFIX.train_val.prototxt (``plan`` applied to every phase) and PREFIX.solver.prototxt, to write."""
-    pruned_train_val = prune_train_val(train_val, plan, original, pruned, fallback_item)
+    pruned_train_val = prune_train_val(train_val, plan, original, pruned, fallback_items)
     net_path = Path(f"{prefix}.train_val.prototxt")
     solver = finetune_solver(net_path, prefix, user_solver, tests=tests_in_phase(pruned_train_val))
     return {net_path: pruned_train_val, Path(f"{prefix}.solver.prototxt"): solver}

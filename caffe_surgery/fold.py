@@ -162,6 +162,7 @@ def fold_scale(net: Net, shapes: NetShapes) -> tuple[Net, list[str]]:
 def fold_command(prototxt, weights, output_prefix, input_shapes=None) -> int:
     """Fold BatchNorm and Scale chains; write PREFIX.prototxt/.caffemodel and print what went."""
     from .model import load_model
+    from .reshape import reshape_net
     from .save import save_caffemodel, save_prototxt
 
     model = load_model(prototxt, weights, input_shapes=input_shapes or None)
@@ -170,7 +171,7 @@ def fold_command(prototxt, weights, output_prefix, input_shapes=None) -> int:
               for top in layer.tops}
     params_before, params_after = model.shapes.totals()[0], infer_shapes(folded, inputs).totals()[0]
     outputs = [Path(f"{output_prefix}.prototxt"), Path(f"{output_prefix}.caffemodel")]
-    save_prototxt(folded, outputs[0])
+    save_prototxt(reshape_net(folded, input_shapes or {}), outputs[0])
     save_caffemodel(folded, outputs[1])
     print(f"folded {len(removed)} layers: {', '.join(removed) or '-'}")
     print(f"layers {len(model.net.layers)} -> {len(folded.layers)}, parameters {params_before:,} -> {params_after:,}")

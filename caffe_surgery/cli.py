@@ -37,6 +37,8 @@ EXAMPLES = {
                   "--test-data idx:t10k-images-idx3-ubyte.gz:t10k-labels-idx1-ubyte.gz -o results/lenet"],
     "fold-bn": ["caffe-surgery fold-bn net.prototxt -w w.caffemodel -o out/folded"],
     "reshape": ["caffe-surgery reshape deploy.prototxt -w w.caffemodel --input data=8,3,300,300 -o deploy_b8"],
+    "plot": ["caffe-surgery plot out/net_small.plan.json -o tolerance.png",
+             "caffe-surgery plot results/lenet/results.json -o stages.png"],
     "prune": ["caffe-surgery prune net.prototxt -w w.caffemodel --criterion weight-l1 --ratio 0.5 -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --plan plan.json -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --criterion maxout-wins --maxout-k 3 --data lmdb:db -o small"],
@@ -468,6 +470,15 @@ def cmd_reshape(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    """Chart a plan's tolerance curve or a reproduction's results as PNG (needs the plot extra: matplotlib)."""
+    from .plot import plot_file
+
+    what = plot_file(args.document, args.output)
+    print(f"wrote {args.output} ({what})")
+    return 0
+
+
 def cmd_sparsify(args) -> int:
     """Magnitude weight pruning: exact zeros in a dense caffemodel, with sparse and compressed sizes."""
     from .sparsify import sparsify_command
@@ -641,6 +652,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the new shape of a data/input blob (repeatable)")
     reshape.add_argument("--phase", type=_phase, default=caffe_pb2.TEST, help="phase to check (default TEST)")
     reshape.add_argument("-o", "--output", required=True, help="output prefix (.prototxt, and .caffemodel with -w)")
+
+    plot = _verb(verbs, "plot", "chart a plan's tolerance curve or reproduce's results.json as PNG (pip install "
+                 "'caffe-surgery[plot]')", cmd_plot)
+    plot.add_argument("document", help="PREFIX.plan.json of 'prune --tolerance', or reproduce's results.json")
+    plot.add_argument("-o", "--output", required=True, help="the .png to write")
 
     sparsify = _verb(verbs, "sparsify", "magnitude weight pruning (exact zeros; sparse and zip sizes reported)",
                      cmd_sparsify)

@@ -37,6 +37,8 @@ EXAMPLES = {
                   "--test-data idx:t10k-images-idx3-ubyte.gz:t10k-labels-idx1-ubyte.gz -o results/lenet"],
     "fold-bn": ["caffe-surgery fold-bn net.prototxt -w w.caffemodel -o out/folded"],
     "reshape": ["caffe-surgery reshape deploy.prototxt -w w.caffemodel --input data=8,3,300,300 -o deploy_b8"],
+    "draw": ["caffe-surgery draw deploy.prototxt -o net.svg",
+             "caffe-surgery draw net.prototxt -w w.caffemodel --plan small.plan.json -o pruned.png"],
     "plot": ["caffe-surgery plot out/net_small.plan.json -o tolerance.png",
              "caffe-surgery plot results/lenet/results.json -o stages.png"],
     "prune": ["caffe-surgery prune net.prototxt -w w.caffemodel --criterion weight-l1 --ratio 0.5 -o out/net_small",
@@ -470,6 +472,28 @@ def cmd_reshape(args) -> int:
     return 0
 
 
+def cmd_draw(args) -> int:
+    """Draw the net with Graphviz, pruned channels marked from a plan or a prune report."""
+    from .draw import channel_changes, net_graph, read_report_changes, write_graph
+
+    model, _ = _load(args)
+    changes = None
+    if args.plan:
+        from .plan import Plan
+        from .pruning import prune
+        from .report import prune_report
+
+        if not args.weights:
+            raise CaffeSurgeryError("--plan needs the weights (-w) to apply the plan; or draw from --report")
+        pruned = prune(model, Plan.load(args.plan), source=args.plan)
+        changes = channel_changes(prune_report(model.shapes, pruned.shapes, model.net, pruned.net))
+    elif args.report:
+        changes = read_report_changes(args.report)
+    write_graph(net_graph(model.net, model.shapes, changes), args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_plot(args) -> int:
     """Chart a plan's tolerance curve or a reproduction's results as PNG (needs the plot extra: matplotlib)."""
     from .plot import plot_file
@@ -652,6 +676,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the new shape of a data/input blob (repeatable)")
     reshape.add_argument("--phase", type=_phase, default=caffe_pb2.TEST, help="phase to check (default TEST)")
     reshape.add_argument("-o", "--output", required=True, help="output prefix (.prototxt, and .caffemodel with -w)")
+
+    draw = _verb(verbs, "draw", "draw the net (layers, blob shapes, params/MACs; pruned channels marked) as "
+                 "SVG/PNG/DOT (pip install 'caffe-surgery[draw]' and Graphviz)", cmd_draw)
+    _net_arguments(draw)
+    marks = draw.add_mutually_exclusive_group()
+    marks.add_argument("--plan", help="mark the channels this plan keeps (needs -w)")
+    marks.add_argument("--report", help="mark the channels a prune report (PREFIX.report.json) kept")
+    draw.add_argument("-o", "--output", required=True, help="net.svg, net.png or net.dot")
 
     plot = _verb(verbs, "plot", "chart a plan's tolerance curve or reproduce's results.json as PNG (pip install "
                  "'caffe-surgery[plot]')", cmd_plot)

@@ -39,12 +39,17 @@ EXAMPLES = {
     "reshape": ["caffe-surgery reshape deploy.prototxt -w w.caffemodel --input data=8,3,300,300 -o deploy_b8"],
     "draw": ["caffe-surgery draw deploy.prototxt -o net.svg",
              "caffe-surgery draw net.prototxt -w w.caffemodel --plan small.plan.json -o pruned.png"],
+    "profile": ["caffe-surgery profile deploy.prototxt -w w.caffemodel --runs 20",
+                "caffe-surgery profile deploy.prototxt -w w.caffemodel --backend opencv --json"],
     "plot": ["caffe-surgery plot out/net_small.plan.json -o tolerance.png",
              "caffe-surgery plot results/lenet/results.json -o stages.png"],
     "prune": ["caffe-surgery prune net.prototxt -w w.caffemodel --criterion weight-l1 --ratio 0.5 -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --plan plan.json -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --criterion maxout-wins --maxout-k 3 --data lmdb:db -o small"],
 }
+
+
+PROFILE_RUNS = 20  # timed runs behind prune --profile's latencies
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -428,6 +433,12 @@ def cmd_prune(args) -> int:
         evaluate_accuracy = _validation(model, source, args)
         report["accuracy"] = {"before": evaluate_accuracy(model.net, model.shapes),
                               "after": evaluate_accuracy(pruned_net, pruned_shapes), "samples": len(source)}
+    if args.profile:
+        from .profile import latency_ms
+
+        report["latency_ms"] = {"backend": "onnxruntime", "batch": report["batch"], "runs": PROFILE_RUNS,
+                                "before": latency_ms(model.net, model.shapes, PROFILE_RUNS, args.threads),
+                                "after": latency_ms(pruned_net, pruned_shapes, PROFILE_RUNS, args.threads)}
     outputs = {kind: Path(f"{prefix}.{kind}") for kind in ("prototxt", "caffemodel", "plan.json", "report.json")}
     train_val = args.train_val or (args.prototxt if is_train_val(model.net.to_proto()) else None)
     if args.solver and not train_val:
@@ -491,6 +502,16 @@ def cmd_draw(args) -> int:
         changes = read_report_changes(args.report)
     write_graph(net_graph(model.net, model.shapes, changes), args.output)
     print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    """Time per layer with onnxruntime's profiler or OpenCV's getPerfProfile, next to MACs."""
+    from .profile import format_profile, profile_net
+
+    model, _ = _load(args)
+    profile = profile_net(model.net, model.shapes, args.backend, args.runs, args.prototxt, args.weights, args.threads)
+    print(json.dumps(profile.as_dict(), indent=2) if args.json else format_profile(profile))
     return 0
 
 
@@ -661,6 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--compensate", action="store_true",
                        help="fold removed channels' mean activation into the consumers' bias")
     prune.add_argument("--dry-run", action="store_true", help="print the plan and projected sizes; write nothing")
+    prune.add_argument("--profile", action="store_true",
+                       help="measure onnxruntime latency before and after (report's latency_ms)")
     prune.add_argument("--train-val", metavar="FILE", help="the training net (all phases) to prune the same way: "
                        "writes PREFIX.train_val.prototxt and PREFIX.solver.prototxt for fine-tuning (automatic "
                        "when the net itself has a loss or phase rules)")
@@ -684,6 +707,14 @@ def build_parser() -> argparse.ArgumentParser:
     marks.add_argument("--plan", help="mark the channels this plan keeps (needs -w)")
     marks.add_argument("--report", help="mark the channels a prune report (PREFIX.report.json) kept")
     draw.add_argument("-o", "--output", required=True, help="net.svg, net.png or net.dot")
+
+    profile = _verb(verbs, "profile", "time per layer (onnxruntime's profiler or OpenCV's per-layer timings) next "
+                    "to MACs", cmd_profile)
+    _net_arguments(profile, weights_required=True)
+    profile.add_argument("--backend", choices=("onnxruntime", "opencv"), default="onnxruntime")
+    profile.add_argument("--runs", type=int, default=10, help="timed runs after one warm-up (default 10)")
+    profile.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    profile.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
 
     plot = _verb(verbs, "plot", "chart a plan's tolerance curve or reproduce's results.json as PNG (pip install "
                  "'caffe-surgery[plot]')", cmd_plot)

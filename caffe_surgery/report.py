@@ -159,6 +159,10 @@ def format_prune_report(report: dict) -> str:
     if "files" in report:
         files = report["files"]
         lines.append(f"caffemodel {files['caffemodel'][0]:,} -> {files['caffemodel'][1]:,} bytes")
+    if "latency_ms" in report:
+        latency = report["latency_ms"]
+        lines.append(f"latency {latency['before']:.3f} -> {latency['after']:.3f} ms per run of batch {latency['batch']} "
+                     f"({latency['backend']}, mean of {latency['runs']} runs)")
     if "accuracy" in report:
         acc = report["accuracy"]
         lines.append(f"top-1 accuracy {acc['before']:.4f} -> {acc['after']:.4f} on {acc['samples']} samples")

@@ -258,7 +258,7 @@ def write_results(exp: Experiment, curve: list[dict]) -> dict:
     document = {"stages": rows, "paper": PAPER, "conv_pruning_steps": curve, "max_iter": exp.max_iter}
     atomic_write(exp.out / "results.json", [json.dumps(document, indent=1).encode()])
     lines = ["# LeNet maxout pruning, reproduced", "",
-             "| stage | k | parameters | non-zero | change (non-zero) | MACs | caffemodel | deflated | test accuracy |",
+             "| stage | k | parameters | non-zero | change (non-zero) | MACs/image | caffemodel | deflated | test accuracy |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['name']} | {row['k']} | {row['params']:,} | {row['nonzero']:,} | "

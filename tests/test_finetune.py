@@ -52,6 +52,13 @@ def opencv_matches_onnxruntime(prototxt, caffemodel, shape):
     np.testing.assert_allclose(net.forward(), expected, atol=1e-4)
 
 
+def shorten_tests(solver_path):
+    """Two test batches instead of the default solver's 50 (keeps the tests fast)."""
+    solver = read_solver(solver_path)
+    solver.test_iter[0] = 2
+    write_text(solver_path, solver)
+
+
 def without_num_output(net: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
     copy = caffe_pb2.NetParameter()
     copy.CopyFrom(net)
@@ -82,6 +89,8 @@ def test_real_lenet_pruned_with_its_train_val_fine_tunes_and_loads_in_opencv(tmp
     solver = read_solver(tmp_path / "out/small.solver.prototxt")
     assert solver.net == str(tmp_path / "out/small.train_val.prototxt") and solver.base_lr < 0.01
     assert solver.snapshot_prefix == str(tmp_path / "out/small_finetune")
+    assert list(solver.test_iter) == [50] and solver.test_interval == 500
+    shorten_tests(tmp_path / "out/small.solver.prototxt")
 
     code, out, _ = run(capsys, "train", tmp_path / "out/small.solver.prototxt", "-w", tmp_path / "out/small.caffemodel",
                        "--max-iter", "4", "-o", tmp_path / "out/tuned.caffemodel")
@@ -106,6 +115,7 @@ def test_a_train_val_given_as_the_net_gives_a_deploy_pair_and_its_pruned_train_v
     assert [l.name for l in train_val.layer] == [l.name for l in upgrade_net(read_net_text(
         LENET / "lenet_train_test.prototxt")).layer]
     opencv_matches_onnxruntime(tmp_path / "small.prototxt", tmp_path / "small.caffemodel", (1, 1, 28, 28))
+    shorten_tests(tmp_path / "small.solver.prototxt")
     code, out, _ = run(capsys, "train", tmp_path / "small.solver.prototxt", "-w", tmp_path / "small.caffemodel",
                        "--max-iter", "2", "-o", tmp_path / "tuned.caffemodel")
     assert code == 0 and math.isfinite(final_test_loss(out))
@@ -157,11 +167,12 @@ def test_the_sample_pruned_with_its_train_net_and_the_users_solver(tmp_path, cap
     opencv_matches_onnxruntime(tmp_path / "out/small.prototxt", tmp_path / "out/tuned.caffemodel", (1, 1, 28, 28))
 
 
-@needs_fashion
-def test_train_refuses_a_net_without_a_loss(tmp_path, capsys):
+@pytest.mark.parametrize("with_data", [True, False])
+def test_train_refuses_a_net_without_a_loss(tmp_path, capsys, with_data):
     (tmp_path / "solver.prototxt").write_text(f'net: "{SAMPLE}"\nbase_lr: 0.01\nmax_iter: 5\n')
-    spec = f"idx:{FASHION_MNIST}/t10k-images-idx3-ubyte.gz:{FASHION_MNIST}/t10k-labels-idx1-ubyte.gz"
-    code, _, err = run(capsys, "train", tmp_path / "solver.prototxt", "--data", spec, "-o", tmp_path / "x.caffemodel")
+    data = ["--data", f"npy:{tmp_path / 'images.npy'}"] if with_data else []
+    np.save(tmp_path / "images.npy", np.zeros((4, 1, 28, 28), dtype=np.float32))
+    code, _, err = run(capsys, "train", tmp_path / "solver.prototxt", *data, "-o", tmp_path / "x.caffemodel")
     assert code == 1 and err.count("\n") == 1 and "has no loss layer" in err and str(SAMPLE) in err
     assert not (tmp_path / "x.caffemodel").exists()
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from . import caffe_pb2
 from .dataflow import item_shapes
 from .errors import CaffeSurgeryError, PlanError, ShapeError
@@ -49,7 +51,8 @@ def _phase_state(net_param: caffe_pb2.NetParameter, phase: int) -> caffe_pb2.Net
 
 def _pruned_phase(net_param: caffe_pb2.NetParameter, phase: int, plan: Plan, source: str, original: Net,
                   fallback_items: dict[str, tuple[int, ...]] | None) -> tuple[Net, NetShapes]:
-    """One phase of the train_val with the original weights (by layer name), pruned."""
+    """One phase of the train_val with the original weights (by layer name), pruned; layers the deploy net
+    lacks are pruned as zero-size views, since only their new shapes are written."""
     state = net_param.state
     net = build_net(net_param, phase=phase, level=state.level, stages=tuple(state.stage), source=source)
     try:
@@ -57,9 +60,12 @@ def _pruned_phase(net_param: caffe_pb2.NetParameter, phase: int, plan: Plan, sou
     except CaffeSurgeryError as exc:
         raise exc.with_file(source)
     for layer in net.layers:
+        expected = shapes.layer(layer.name).param_shapes
         if original.has_layer(layer.name):
-            _check_blobs(layer.name, shapes.layer(layer.name).param_shapes, original.layer(layer.name).blobs, source)
+            _check_blobs(layer.name, expected, original.layer(layer.name).blobs, source)
             layer.blobs = list(original.layer(layer.name).blobs)
+        elif expected:  # a training-only layer (e.g. an auxiliary classifier): only its pruned shape is wanted
+            layer.blobs = [np.broadcast_to(np.float32(0), shape) for shape in expected]
     groups = build_groups(net, shapes)
     return apply_plan(net, shapes, groups, resolve_plan(plan, net, groups, source))
 

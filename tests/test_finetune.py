@@ -1,4 +1,5 @@
 """Prune, then fine-tune: the plan applied to the train_val net, a solver beside it, and training that runs on them."""
+import importlib.util
 import math
 import re
 
@@ -16,13 +17,13 @@ from caffe_surgery.runtime import Runtime
 from caffe_surgery.upgrade import upgrade_net
 from conftest import FASHION_MNIST, REAL_MODELS, REPO
 
-pytest.importorskip("torch")
-
 SAMPLE = REPO / "samples" / "lenet_maxout.prototxt"
 SAMPLE_WEIGHTS = REPO / "samples" / "lenet_maxout.caffemodel"
 LENET = REAL_MODELS / "lenet_v1_everpeace"
 needs_fashion = pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason=f"Fashion-MNIST not at {FASHION_MNIST} "
                                    "(apt-get install dataset-fashion-mnist)")
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                 reason="training needs PyTorch: pip install 'caffe-surgery[train]'")
 needs_lenet = pytest.mark.skipif(not LENET.is_dir(), reason=f"real models not at {REAL_MODELS}")
 
 
@@ -69,6 +70,7 @@ def without_num_output(net: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
     return copy
 
 
+@needs_torch
 @needs_lenet
 @needs_fashion
 def test_real_lenet_pruned_with_its_train_val_fine_tunes_and_loads_in_opencv(tmp_path, capsys, monkeypatch):
@@ -98,6 +100,7 @@ def test_real_lenet_pruned_with_its_train_val_fine_tunes_and_loads_in_opencv(tmp
     opencv_matches_onnxruntime(tmp_path / "out/small.prototxt", tmp_path / "out/tuned.caffemodel", (1, 1, 28, 28))
 
 
+@needs_torch
 @needs_lenet
 @needs_fashion
 def test_a_train_val_given_as_the_net_gives_a_deploy_pair_and_its_pruned_train_val(tmp_path, capsys, monkeypatch):
@@ -132,6 +135,7 @@ def sample_train_val(train_lmdb, test_lmdb) -> str:
         + first + rest
 
 
+@needs_torch
 @needs_fashion
 def test_the_sample_pruned_with_its_train_net_and_the_users_solver(tmp_path, capsys):
     fashion_lmdb(tmp_path / "train_lmdb", "train", 128)
@@ -167,6 +171,22 @@ def test_the_sample_pruned_with_its_train_net_and_the_users_solver(tmp_path, cap
     opencv_matches_onnxruntime(tmp_path / "out/small.prototxt", tmp_path / "out/tuned.caffemodel", (1, 1, 28, 28))
 
 
+def test_a_training_only_weighted_layer_is_pruned_by_shape(tmp_path, capsys):
+    aux = ('layer { name: "aux" type: "InnerProduct" bottom: "pool2" top: "aux" '
+           'inner_product_param { num_output: 10 } }\n'
+           'layer { name: "aux_loss" type: "SoftmaxWithLoss" bottom: "aux" bottom: "label" top: "aux_loss" '
+           'loss_weight: 0.3 }\n')
+    (tmp_path / "train_val.prototxt").write_text(sample_train_val(tmp_path / "a_lmdb", tmp_path / "b_lmdb") + aux)
+    code, _, err = run(capsys, "prune", SAMPLE, "-w", SAMPLE_WEIGHTS, "--criterion", "weight-l1", "--ratio", "0.5",
+                       "--train-val", tmp_path / "train_val.prototxt", "-o", tmp_path / "small")
+    assert code == 0, err
+    pruned = load_model(tmp_path / "small.train_val.prototxt", phase=caffe_pb2.TRAIN,
+                        input_shapes={"images": (64, 1, 28, 28)})
+    conv2 = read_net_text(tmp_path / "small.prototxt").layer[3].convolution_param.num_output
+    assert pruned.shapes.layer("aux").param_shapes == [(10, conv2 * 4 * 4), (10,)]
+
+
+@needs_torch
 @pytest.mark.parametrize("with_data", [True, False])
 def test_train_refuses_a_net_without_a_loss(tmp_path, capsys, with_data):
     (tmp_path / "solver.prototxt").write_text(f'net: "{SAMPLE}"\nbase_lr: 0.01\nmax_iter: 5\n')

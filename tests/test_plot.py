@@ -62,6 +62,8 @@ def test_the_tolerance_curve_of_a_plan_is_plotted(tmp_path, capsys):
                        "--data", data, "--limit", "200", "--scale", "0.00392156862745", "-o", tmp_path / "small")
     assert code == 0, err
     plan = json.loads((tmp_path / "small.plan.json").read_text())
+    report = json.loads((tmp_path / "small.report.json").read_text())
+    assert report["batch"] == 64 and report["totals"]["macs"][0] == 2_165_632, "MACs per image at the data's batch"
     texts = drawn_texts(tolerance_figure(plan))
     assert texts["x"] == "parameters" and texts["y"] == "top-1 accuracy" and texts["legend"][1] == "tolerance 3.0 points"
     floor = tolerance_figure(plan).axes[0].get_lines()[1].get_ydata()[0]

@@ -44,7 +44,8 @@ class LayerTime:
 
 @dataclass
 class Profile:
-    """Per-layer times of one backend over ``runs`` timed runs at ``batch``, with the plain wall time per run."""
+    """Per-layer times of one backend over ``runs`` timed runs at ``batch``, with the wall time per run of
+    those runs (the layers' times are part of it)."""
 
     backend: str
     batch: int
@@ -129,7 +130,7 @@ def profile_onnxruntime(net: Net, shapes: NetShapes, runs: int = 10, threads: in
     model = export_onnx(net, shapes, check=False)
     with tempfile.TemporaryDirectory() as folder:
         session = _session(model, threads, os.path.join(folder, "profile"))
-        _wall_ms(session, _session_inputs(session), runs)
+        wall_ms = _wall_ms(session, _session_inputs(session), runs)
         with open(session.end_profiling(), encoding="utf-8") as trace:
             events = json.load(trace)
     run_starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
@@ -148,7 +149,7 @@ def profile_onnxruntime(net: Net, shapes: NetShapes, runs: int = 10, threads: in
             if owner is not None:
                 owner = _doer(net, owner, event.get("args", {}).get("op_name", ""), ops)
             spent[owner] = spent.get(owner, 0.0) + event["dur"] / 1000.0 / runs
-    return _profile("onnxruntime", net, shapes, runs, spent, latency_ms(net, shapes, runs, threads))
+    return _profile("onnxruntime", net, shapes, runs, spent, wall_ms)
 
 
 def profile_opencv(net: Net, shapes: NetShapes, prototxt: str | os.PathLike, weights: str | os.PathLike,

@@ -44,10 +44,20 @@ EXAMPLES = {
     "reproduce": ["caffe-surgery reproduce lenet --data idx:train-images-idx3-ubyte.gz:train-labels-idx1-ubyte.gz "
                   "--test-data idx:t10k-images-idx3-ubyte.gz:t10k-labels-idx1-ubyte.gz -o results/lenet"],
     "fold-bn": ["caffe-surgery fold-bn net.prototxt -w w.caffemodel -o out/folded"],
+    "reshape": ["caffe-surgery reshape deploy.prototxt -w w.caffemodel --input data=8,3,300,300 -o deploy_b8"],
+    "draw": ["caffe-surgery draw deploy.prototxt -o net.svg",
+             "caffe-surgery draw net.prototxt -w w.caffemodel --plan small.plan.json -o pruned.png"],
+    "profile": ["caffe-surgery profile deploy.prototxt -w w.caffemodel --runs 20",
+                "caffe-surgery profile deploy.prototxt -w w.caffemodel --backend opencv --json"],
+    "plot": ["caffe-surgery plot out/net_small.plan.json -o tolerance.png",
+             "caffe-surgery plot results/lenet/results.json -o stages.png"],
     "prune": ["caffe-surgery prune net.prototxt -w w.caffemodel --criterion weight-l1 --ratio 0.5 -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --plan plan.json -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --criterion maxout-wins --maxout-k 3 --data lmdb:db -o small"],
 }
+
+
+PROFILE_RUNS = 20  # timed runs behind prune --profile's latencies
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -419,12 +429,17 @@ def cmd_prune(args) -> int:
     """Prune by plan, by criterion and ratio, or to an accuracy tolerance; write the smaller pair."""
     from .check import check_files
     from .criteria import get_criterion
+    from .dataflow import input_layer, item_shapes
+    from .deploy import deploy_net
+    from .finetune import finetune_files, is_train_val
     from .groups import build_groups
-    from .io import atomic_write
+    from .io import atomic_write, write_text
     from .plan import resolve_plan
     from .pruning import chosen_groups, compensate
     from .report import format_prune_report, prune_report
+    from .reshape import reshape_net
     from .save import save_caffemodel, save_prototxt
+    from .shapes import infer_shapes
     from .surgery import apply_plan
 
     criterion = get_criterion(args.criterion) if args.criterion else None
@@ -461,19 +476,38 @@ def cmd_prune(args) -> int:
             report["agreement"] = {"metric": metric, **measure.figures(pruned_net, pruned_shapes), "samples": len(source)}
             if metric == "agreement":
                 report["agreement"]["score_threshold"] = args.score_threshold
+    if args.profile:
+        from .profile import latency_ms
+
+        report["latency_ms"] = {"backend": "onnxruntime", "batch": report["batch"], "runs": PROFILE_RUNS,
+                                "before": latency_ms(model.net, model.shapes, PROFILE_RUNS, args.threads),
+                                "after": latency_ms(pruned_net, pruned_shapes, PROFILE_RUNS, args.threads)}
     outputs = {kind: Path(f"{prefix}.{kind}") for kind in ("prototxt", "caffemodel", "plan.json", "report.json")}
-    save_prototxt(pruned_net, outputs["prototxt"])
-    save_caffemodel(pruned_net, outputs["caffemodel"], args.precision)
+    train_val = args.train_val or (args.prototxt if is_train_val(model.net.to_proto()) else None)
+    if args.solver and not train_val:
+        raise CaffeSurgeryError("--solver needs the training net: pass --train-val FILE")
+    images = input_layer(pruned_net).tops[0]
+    finetuning = finetune_files(prefix, train_val, plan, net, pruned_net,
+                                {images.name: tuple(pruned_shapes.blob(images)[1:])}, args.solver) if train_val else {}
+    written = deploy_net(pruned_net, pruned_shapes) if train_val == args.prototxt else pruned_net
+    written = reshape_net(written, dict(args.input))
+    save_prototxt(written, outputs["prototxt"])
+    save_caffemodel(written, outputs["caffemodel"], args.precision)
+    written_shapes = pruned_shapes if written is pruned_net else infer_shapes(written, data_shapes=item_shapes(
+        args.prototxt, {name: shape[1:] for name, shape in args.input}))
     problems = check_files(outputs["prototxt"], outputs["caffemodel"],
-                           input_shapes={t.name: tuple(pruned_shapes.blob(t)) for l in pruned_net.layers
+                           input_shapes={t.name: tuple(written_shapes.blob(t)) for l in written.layers
                                          if not l.bottoms for t in l.tops})
     if problems:
         for path in (outputs["prototxt"], outputs["caffemodel"]):
             path.unlink()
         raise CaffeSurgeryError("internal error: the pruned pair fails check: " + "; ".join(problems))
+    for path, message in finetuning.items():
+        write_text(path, message)
+        outputs[path.name[len(prefix.name) + 1:]] = path
     report["files"] = {"caffemodel": [Path(args.weights).stat().st_size, outputs["caffemodel"].stat().st_size]}
     if args.precision == "fp16":
-        notes.append(_fp16_change(pruned_net, pruned_shapes, outputs, evaluator if source is not None else None,
+        notes.append(_fp16_change(written, written_shapes, outputs, evaluator if source is not None else None,
                                   measure if source is not None else None, report))
     plan.save(outputs["plan.json"])
     atomic_write(outputs["report.json"], [json.dumps(report, indent=1).encode("utf-8")])
@@ -500,6 +534,58 @@ def _fp16_change(net, shapes, outputs, evaluator, measure, report) -> str:
         return f"{note}; agreement read back in fp16: {report['agreement']['after_fp16']}"
     report["accuracy"]["after_fp16"] = evaluator(written.net, written.shapes)
     return f"{note}; top-1 accuracy {report['accuracy']['after_fp16']:.4f} in fp16"
+
+
+def cmd_reshape(args) -> int:
+    """Write new input shapes into a prototxt once every layer is known to fit them; copy the weights."""
+    from .reshape import reshape_command
+
+    if not args.input:
+        raise CaffeSurgeryError("say the new shape: --input NAME=N,C,H,W")
+    outputs = reshape_command(args.prototxt, args.weights, dict(args.input), args.output, args.phase)
+    print(f"wrote {', '.join(str(p) for p in outputs)}")
+    return 0
+
+
+def cmd_draw(args) -> int:
+    """Draw the net with Graphviz, pruned channels marked from a plan or a prune report."""
+    from .draw import channel_changes, net_graph, read_report_changes, write_graph
+
+    model, _ = _load(args)
+    changes = None
+    if args.plan:
+        from .plan import Plan
+        from .pruning import prune
+        from .report import prune_report
+
+        if not args.weights:
+            raise CaffeSurgeryError("--plan needs the weights (-w) to apply the plan; or draw from --report")
+        pruned = prune(model, Plan.load(args.plan), source=args.plan)
+        changes = channel_changes(prune_report(model.shapes, pruned.shapes, model.net, pruned.net))
+    elif args.report:
+        changes = read_report_changes(args.report)
+    write_graph(net_graph(model.net, model.shapes, changes), args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    """Time per layer with onnxruntime's profiler or OpenCV's getPerfProfile, next to MACs."""
+    from .profile import format_profile, profile_net
+
+    model, _ = _load(args)
+    profile = profile_net(model.net, model.shapes, args.backend, args.runs, args.prototxt, args.weights, args.threads)
+    print(json.dumps(profile.as_dict(), indent=2) if args.json else format_profile(profile))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    """Chart a plan's tolerance curve or a reproduction's results as PNG (needs the plot extra: matplotlib)."""
+    from .plot import plot_file
+
+    what = plot_file(args.document, args.output)
+    print(f"wrote {args.output} ({what})")
+    return 0
 
 
 def cmd_sparsify(args) -> int:
@@ -693,9 +779,47 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--compensate", action="store_true",
                        help="fold removed channels' mean activation into the consumers' bias")
     prune.add_argument("--dry-run", action="store_true", help="print the plan and projected sizes; write nothing")
+    prune.add_argument("--profile", action="store_true",
+                       help="measure onnxruntime latency before and after (report's latency_ms)")
+    prune.add_argument("--train-val", metavar="FILE", help="the training net (all phases) to prune the same way: "
+                       "writes PREFIX.train_val.prototxt and PREFIX.solver.prototxt for fine-tuning (automatic "
+                       "when the net itself has a loss or phase rules)")
+    prune.add_argument("--solver", help="the solver PREFIX.solver.prototxt starts from (nets replaced, base_lr x 0.1; "
+                       "default: SGD at 0.001)")
     prune.add_argument("-o", "--output", required=True, help="output prefix: writes PREFIX.prototxt/.caffemodel/"
                                                               ".report.json/.plan.json")
     _precision_argument(prune)
+
+    reshape = _verb(verbs, "reshape", "write a new input shape (batch, size) into a prototxt; every layer is "
+                    "checked to fit it", cmd_reshape)
+    reshape.add_argument("prototxt", help="net definition (current, V1 or V0 format)")
+    reshape.add_argument("-w", "--weights", help="caffemodel to check against the new shapes and copy")
+    reshape.add_argument("--input", action="append", type=parse_input_shape, default=[], metavar="NAME=N,C,H,W",
+                         help="the new shape of a data/input blob (repeatable)")
+    reshape.add_argument("--phase", type=_phase, default=caffe_pb2.TEST, help="phase to check (default TEST)")
+    reshape.add_argument("-o", "--output", required=True, help="output prefix (.prototxt, and .caffemodel with -w)")
+
+    draw = _verb(verbs, "draw", "draw the net (layers, blob shapes, params/MACs; pruned channels marked) as "
+                 "SVG/PNG/DOT (pip install 'caffe-surgery[draw]' and Graphviz)", cmd_draw)
+    _net_arguments(draw)
+    marks = draw.add_mutually_exclusive_group()
+    marks.add_argument("--plan", help="mark the channels this plan keeps (needs -w)")
+    marks.add_argument("--report", help="mark the channels a prune report (PREFIX.report.json) kept")
+    draw.add_argument("-o", "--output", required=True, help="net.svg, net.png or net.dot")
+
+    profile = _verb(verbs, "profile", "time per layer (onnxruntime's profiler or OpenCV's per-layer timings) next "
+                    "to MACs", cmd_profile)
+    _net_arguments(profile, weights_required=True)
+    profile.add_argument("--backend", choices=("onnxruntime", "opencv"), default="onnxruntime")
+    profile.add_argument("--runs", type=int, default=10, help="timed runs after one warm-up (default 10)")
+    profile.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    profile.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+
+    plot = _verb(verbs, "plot", "chart a plan's tolerance curve or reproduce's results.json as PNG (pip install "
+                 "'caffe-surgery[plot]')", cmd_plot)
+    plot.add_argument("document", help="PREFIX.plan.json of 'prune --tolerance', or reproduce's results.json")
+    plot.add_argument("-o", "--output", required=True, help="the .png to write")
+
     sparsify = _verb(verbs, "sparsify", "magnitude weight pruning (exact zeros; sparse and zip sizes reported)",
                      cmd_sparsify)
     _net_arguments(sparsify, weights_required=True)

@@ -32,8 +32,9 @@ def base_dir(net: Net) -> str | None:
     return os.path.dirname(os.path.abspath(net.source)) if net.source else None
 
 
-def item_shapes(prototxt: str | os.PathLike):
-    """A shape resolver for data layers: the item shape its source holds."""
+def item_shapes(prototxt: str | os.PathLike, fallback: dict[str, tuple[int, ...]] | None = None):
+    """A shape resolver for data layers: the item shape its source holds; where the source cannot be
+    read, the item shape ``fallback`` gives for the layer's first top (if it does)."""
     directory = os.path.dirname(os.path.abspath(prototxt))
 
     def resolve(layer: Layer) -> list[tuple[int, ...]]:
@@ -42,6 +43,8 @@ def item_shapes(prototxt: str | os.PathLike):
         try:
             return [tuple(source_from_layer(layer.param, directory).shape), ()]
         except DataError as exc:
+            if fallback and layer.tops[0].name in fallback:
+                return [tuple(fallback[layer.tops[0].name]), ()]
             raise ShapeError(f"cannot read the data to tell the shape of '{layer.tops[0].name}' "
                              f"({exc.one_line()}); pass --input {layer.tops[0].name}=N,C,H,W") from None
 

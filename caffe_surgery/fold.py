@@ -165,6 +165,7 @@ def fold_command(prototxt, weights, output_prefix, input_shapes=None, precision:
     from .model import load_model
     from .precision import fp16_note
     from .report import format_written
+    from .reshape import reshape_net
     from .save import save_caffemodel, save_prototxt
 
     model = load_model(prototxt, weights, input_shapes=input_shapes or None)
@@ -173,7 +174,7 @@ def fold_command(prototxt, weights, output_prefix, input_shapes=None, precision:
               for top in layer.tops}
     params_before, params_after = model.shapes.totals()[0], infer_shapes(folded, inputs).totals()[0]
     outputs = [Path(f"{output_prefix}.prototxt"), Path(f"{output_prefix}.caffemodel")]
-    save_prototxt(folded, outputs[0])
+    save_prototxt(reshape_net(folded, input_shapes or {}), outputs[0])
     save_caffemodel(folded, outputs[1], precision)
     print(f"folded {len(removed)} layers: {', '.join(removed) or '-'}")
     print(f"layers {len(model.net.layers)} -> {len(folded.layers)}, parameters {params_before:,} -> {params_after:,}")

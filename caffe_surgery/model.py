@@ -138,14 +138,20 @@ def attach_weights(net: Net, shapes: NetShapes, stored: dict[str, list[StoredBlo
     return warnings
 
 
+def read_upgraded_net(prototxt: str | os.PathLike) -> caffe_pb2.NetParameter:
+    """Parse a net prototxt and upgrade it to the current format (every phase kept)."""
+    try:
+        net_param = read_net_text(prototxt)
+        return upgrade_net(net_param) if needs_upgrade(net_param) else net_param
+    except CaffeSurgeryError as exc:
+        raise exc.with_file(str(prototxt))
+
+
 def load_net(prototxt: str | os.PathLike, phase: int = TEST, stages: tuple[str, ...] = ()) -> Net:
     """Parse, upgrade and phase-filter a net prototxt (no weights)."""
     source = str(prototxt)
     try:
-        net_param = read_net_text(prototxt)
-        if needs_upgrade(net_param):
-            net_param = upgrade_net(net_param)
-        return build_net(net_param, phase=phase, stages=stages, source=source)
+        return build_net(read_upgraded_net(prototxt), phase=phase, stages=stages, source=source)
     except CaffeSurgeryError as exc:
         raise exc.with_file(source)
 

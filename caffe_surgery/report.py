@@ -27,8 +27,21 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], right
     return "\n".join([line(cells[0]), rule] + [line(row) for row in cells[1:]])
 
 
+def net_batch(net: Net, shapes: NetShapes) -> int:
+    """The batch the shapes were inferred for: the first input's first dimension (1 without inputs)."""
+    source = next((layer for layer in net.layers if not layer.bottoms and layer.tops), None)
+    shape = shapes.blobs.get(source.tops[0]) if source is not None else None
+    return int(shape[0]) if shape else 1
+
+
+def per_image(macs: int, batch: int) -> int:
+    """MACs of one image from the MACs of a batch."""
+    return round(macs / batch) if batch > 0 else macs
+
+
 def net_summary(net: Net, shapes: NetShapes, weight_bytes: int) -> dict:
-    """The ``info`` document: one entry per layer, and totals."""
+    """The ``info`` document: one entry per layer (MACs per image), the batch of the shapes, and totals."""
+    batch = net_batch(net, shapes)
     layers = []
     for layer in net.layers:
         info = shapes.layer(layer.name)
@@ -39,7 +52,7 @@ def net_summary(net: Net, shapes: NetShapes, weight_bytes: int) -> dict:
             "tops": [t.name for t in layer.tops],
             "top_shapes": [list(s) for s in info.top_shapes],
             "params": info.params,
-            "macs": info.macs,
+            "macs": per_image(info.macs, batch),
         })
     totals = {
         "layers": len(layers),
@@ -47,7 +60,7 @@ def net_summary(net: Net, shapes: NetShapes, weight_bytes: int) -> dict:
         "macs": sum(entry["macs"] for entry in layers),
         "weight_bytes": weight_bytes,
     }
-    return {"name": net.name, "layers": layers, "totals": totals}
+    return {"name": net.name, "batch": batch, "layers": layers, "totals": totals}
 
 
 def format_summary(summary: dict) -> str:
@@ -55,10 +68,12 @@ def format_summary(summary: dict) -> str:
     rows = [(entry["name"], entry["type"], f"{', '.join(entry['bottoms']) or '-'} -> {', '.join(entry['tops']) or '-'}",
              ", ".join(format_shape(s) for s in entry["top_shapes"]) or "-", f"{entry['params']:,}", f"{entry['macs']:,}")
             for entry in summary["layers"]]
-    table = format_table(("layer", "type", "bottoms -> tops", "output shape", "params", "MACs"), rows, right=(4, 5))
+    table = format_table(("layer", "type", "bottoms -> tops", "output shape", "params", "MACs/image"), rows,
+                         right=(4, 5))
     totals = summary["totals"]
     return (f"{table}\n\nnet '{summary['name']}': {totals['layers']} layers, {totals['params']:,} parameters, "
-            f"{totals['macs']:,} MACs, {totals['weight_bytes']:,} weight bytes")
+            f"{totals['macs']:,} MACs per image (shapes at batch {summary['batch']}), "
+            f"{totals['weight_bytes']:,} weight bytes")
 
 
 def groups_summary(groups) -> dict:
@@ -128,16 +143,19 @@ def format_output_checks(checks, atol: float, rtol: float) -> str:
 
 
 def prune_report(before: NetShapes, after: NetShapes, net_before: Net, net_after: Net) -> dict:
-    """Per layer params/MACs before -> after, and totals."""
+    """Per layer params/MACs (per image) before -> after, the batch of the shapes, and totals."""
+    batch = net_batch(net_before, before)
     layers = []
     for layer in net_before.layers:
         old = before.layer(layer.name)
         new = after.layer(layer.name) if net_after.has_layer(layer.name) else None
-        layers.append({"name": layer.name, "type": layer.type,
-                       "params": [old.params, new.params if new else 0], "macs": [old.macs, new.macs if new else 0],
+        layers.append({"name": layer.name, "type": layer.type, "params": [old.params, new.params if new else 0],
+                       "macs": [per_image(old.macs, batch), per_image(new.macs, batch) if new else 0],
                        "top_shapes": [[list(s) for s in old.top_shapes], [list(s) for s in new.top_shapes] if new else []]})
     (params_before, macs_before), (params_after, macs_after) = before.totals(), after.totals()
-    return {"layers": layers, "totals": {"params": [params_before, params_after], "macs": [macs_before, macs_after]}}
+    return {"layers": layers, "batch": batch,
+            "totals": {"params": [params_before, params_after],
+                       "macs": [per_image(macs_before, batch), per_image(macs_after, batch)]}}
 
 
 def format_prune_report(report: dict) -> str:
@@ -147,13 +165,18 @@ def format_prune_report(report: dict) -> str:
         (p0, p1), (m0, m1) = entry["params"], entry["macs"]
         if p0 != p1 or m0 != m1:
             rows.append((entry["name"], entry["type"], f"{p0:,} -> {p1:,}", f"{m0:,} -> {m1:,}"))
-    table = format_table(("layer", "type", "params", "MACs"), rows)
+    table = format_table(("layer", "type", "params", "MACs/image"), rows)
     totals = report["totals"]
     (p0, p1), (m0, m1) = totals["params"], totals["macs"]
-    lines = [table, "", f"parameters {p0:,} -> {p1:,} ({_percent(p1, p0)}), MACs {m0:,} -> {m1:,} ({_percent(m1, m0)})"]
+    lines = [table, "", f"parameters {p0:,} -> {p1:,} ({_percent(p1, p0)}), MACs per image {m0:,} -> {m1:,} "
+                        f"({_percent(m1, m0)}; shapes at batch {report.get('batch', 1)})"]
     if "files" in report:
         files = report["files"]
         lines.append(f"caffemodel {files['caffemodel'][0]:,} -> {files['caffemodel'][1]:,} bytes")
+    if "latency_ms" in report:
+        latency = report["latency_ms"]
+        lines.append(f"latency {latency['before']:.3f} -> {latency['after']:.3f} ms per run of batch {latency['batch']} "
+                     f"({latency['backend']}, mean of {latency['runs']} runs)")
     if "accuracy" in report:
         acc = report["accuracy"]
         lines.append(f"top-1 accuracy {acc['before']:.4f} -> {acc['after']:.4f} on {acc['samples']} samples")

@@ -210,13 +210,14 @@ def sparsify_command(prototxt, weights, output_prefix, sparsity=None, threshold=
     from .model import load_model
     from .precision import fp16_note
     from .report import format_written
+    from .reshape import reshape_net
     from .save import save_caffemodel, save_prototxt
 
     model = load_model(prototxt, weights, input_shapes=input_shapes or None)
     net, report = sparsify(model.net, sparsity=sparsity, threshold=threshold, std_factor=std_factor,
                            layers=layers, scope=scope)
     outputs = {kind: Path(f"{output_prefix}.{kind}") for kind in ("prototxt", "caffemodel", "report.json")}
-    save_prototxt(net, outputs["prototxt"])
+    save_prototxt(reshape_net(net, input_shapes or {}), outputs["prototxt"])
     save_caffemodel(net, outputs["caffemodel"], precision)
     report.files = {"caffemodel": [Path(weights).stat().st_size, outputs["caffemodel"].stat().st_size],
                     "deflated caffemodel": [compressed_size(weights), compressed_size(outputs["caffemodel"])]}

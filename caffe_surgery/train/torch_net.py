@@ -42,6 +42,11 @@ def _loss_weights(layer) -> list[float]:
     return [1.0 if i == 0 and layer.type.endswith("Loss") else 0.0 for i in range(len(layer.tops))]
 
 
+def has_loss(net: Net) -> bool:
+    """True when some top of the net has a non-zero loss weight (something to minimise)."""
+    return any(weight for layer in net.layers for weight in _loss_weights(layer))
+
+
 class TorchNet(nn.Module):
     """Runs a Caffe net's layers in order with Caffe's semantics for ``phase`` (TRAIN or TEST)."""
 

@@ -31,7 +31,7 @@ from .params import DEFAULT_SEED
 from .schedule import learning_rate
 from .solver import Solver
 from .solver_nets import SolverSetup, load_solver
-from .torch_net import TorchNet
+from .torch_net import TorchNet, has_loss
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,9 @@ class _Trainer:
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         self.param, self.device, self.setup = param, device, setup
+        if not has_loss(setup.train_net):
+            raise CaffeSurgeryError("the TRAIN net has no loss layer (e.g. SoftmaxWithLoss) to minimise; train a "
+                                    "train_val net, not a deploy net", file=setup.train_net.source)
         self.feed = Feed(setup.train_net, TRAIN, train_data, _net_dir(setup.train_net, setup), rng)
         tested = [(net, iters) for net, iters in zip(setup.test_nets, param.test_iter) if iters > 0]
         self.test_iters = [iters for _, iters in tested]

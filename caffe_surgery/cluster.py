@@ -157,7 +157,7 @@ def _collect(ray, pending: dict, shards: int, counter, total: int, desc: str) ->
     with progress(total, desc) as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_SECONDS)
-            for ref in done:
+            for ref in (r for r in done if r in pending):  # not the later shards a failure cancelled
                 index = pending.pop(ref)
                 result = _result(ray, ref, index, shards)
                 if isinstance(result, ShardFailure):

@@ -140,6 +140,12 @@ def _runtime_options(args) -> dict:
     return {"device": args.device, "threads": args.threads}
 
 
+def _task_runtime_options(args) -> dict:
+    """The runtime options of a pass's tasks: on Ray one onnxruntime thread per task (each task holds
+    one CPU) unless --threads says otherwise."""
+    return {**_runtime_options(args), "threads": args.threads or (1 if args.engine == "ray" else None)}
+
+
 def _transform(args):
     """A TransformationParameter from --scale/--mean, or None to use the net's own."""
     if args.scale is None and args.mean is None:
@@ -250,8 +256,9 @@ def cmd_eval(args) -> int:
 
     model, _ = _load(args, with_data=True)
     started = time.perf_counter()
-    counts = map_shards(EvaluationTask(tuple(args.top_k), _runtime_options(args)), model, _data_request(args, model.net),
-                        args.shards, engine=args.engine, address=args.address, desc="eval")
+    task = EvaluationTask(tuple(args.top_k), _task_runtime_options(args))
+    counts = map_shards(task, model, _data_request(args, model.net), args.shards, engine=args.engine,
+                        address=args.address, desc="eval")
     result = Evaluation.from_arrays(counts, time.perf_counter() - started)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
@@ -308,7 +315,7 @@ def _statistics_pass(args, model, criterion, group_list, groups):
 
     stats = statistics_plan(model, groups, group_list, criterion)
     data = replace(_data_request(args, model.net), window=getattr(args, "shard", None) or (0, 1))
-    task = StatisticsTask(criterion.name, tuple(g.id for g in group_list), _runtime_options(args))
+    task = StatisticsTask(criterion.name, tuple(g.id for g in group_list), _task_runtime_options(args))
     stats.load_arrays(map_shards(task, model, data, args.shards, engine=args.engine, address=args.address,
                                  desc=f"relevance ({criterion.name})"), "the merged shards")
     return stats

@@ -26,8 +26,8 @@ from conftest import FASHION_MNIST, REPO
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'caffe-surgery[cluster]')")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-pytestmark = [pytest.mark.ray,
-              pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")]
+pytestmark = [pytest.mark.ray, pytest.mark.skipif(not FASHION_MNIST.is_dir(),
+                                                  reason="Debian package dataset-fashion-mnist not installed")]
 
 SAMPLE = REPO / "samples" / "lenet_maxout.prototxt"
 SAMPLE_WEIGHTS = REPO / "samples" / "lenet_maxout.caffemodel"

@@ -162,3 +162,12 @@ def test_bad_record_stops_the_run_with_the_local_error(cluster, fashion_lmdb, tm
     code, _, ray_error = run(capsys, *common, "--engine", "ray", "--address", cluster, "--shards", SHARDS)
     assert code == 1 and ray_error.strip().splitlines()[-1] == local_error.strip()
     assert not (tmp_path / "never.npz").exists()
+
+
+def test_prune_statistics_pass_on_two_nodes_gives_the_local_plan(cluster, capsys):
+    common = ["prune", SAMPLE, "-w", SAMPLE_WEIGHTS, "--criterion", "activation-l2", "--ratio", "0.5", "--data", IDX,
+              "--scale", "0.00390625", "--limit", COUNT, "--batch-size", BATCH, "--dry-run", "-o", "unused"]
+    code, on_ray, err = run(capsys, *common, "--engine", "ray", "--address", cluster, "--shards", SHARDS)
+    assert code == 0, err
+    code, local, _ = run(capsys, *common)
+    assert code == 0 and on_ray == local and '"fc_3"' in local

@@ -143,8 +143,31 @@ def _precision_argument(parser):
                              "the format of OpenCV's shrinkCaffeModel)")
 
 
+def _engine_arguments(parser):
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="where the pass runs: here, or on a Ray cluster (pip install 'caffe-surgery[cluster]')")
+    parser.add_argument("--address", help="Ray cluster to use: auto, HOST:PORT or ray://HOST:10001 "
+                                          "(default: start one on this machine)")
+    parser.add_argument("--shards", type=int, help="split the data into N contiguous shards, one task each, merged "
+                                                   "in order (default: 1 locally, the cluster's CPUs on Ray)")
+
+
+def _data_request(args, net):
+    """What the data arguments ask for, as a request a worker can open by itself."""
+    from .dataflow import DataRequest, base_dir, batch_size_for
+
+    return DataRequest(args.data, _transform(args), args.limit, batch_size=batch_size_for(net, args.batch_size),
+                       directory=base_dir(net))
+
+
 def _runtime_options(args) -> dict:
     return {"device": args.device, "threads": args.threads}
+
+
+def _task_runtime_options(args) -> dict:
+    """The runtime options of a pass's tasks: on Ray one onnxruntime thread per task (each task holds
+    one CPU) unless --threads says otherwise."""
+    return {**_runtime_options(args), "threads": args.threads or (1 if args.engine == "ray" else None)}
 
 
 def _transform(args):
@@ -160,16 +183,14 @@ def _transform(args):
 
 def _load(args, with_data: bool = False):
     """The model, plus its data source when the verb reads data (--data, else the net's data layer)."""
-    from .dataflow import batch_size_for, input_layer, item_shapes, open_source
+    from .dataflow import batch_size_for, input_layer, item_shapes
     from .model import load_model, load_net
 
     shapes = dict(args.input)
     source = None
     if with_data:
         net = load_net(args.prototxt, phase=args.phase)
-        source = open_source(net, args.data, _transform(args))
-        if args.limit is not None:
-            source = source.head(args.limit)
+        source = _data_request(args, net).open(net)
         top = input_layer(net).tops[0].name
         shapes.setdefault(top, (batch_size_for(net, args.batch_size),) + tuple(source.shape))
     top_shapes: dict[str, list[tuple[int, ...]]] = {}
@@ -254,11 +275,17 @@ def cmd_export(args) -> int:
 
 def cmd_eval(args) -> int:
     """Top-k accuracy (and loss) on data."""
-    from .evaluate import evaluate
+    import time
 
-    model, source = _load(args, with_data=True)
-    result = evaluate(model.net, model.shapes, _batches(model, source, args, "eval"), args.top_k,
-                      _runtime_options(args))
+    from .cluster import map_shards
+    from .evaluate import Evaluation, EvaluationTask
+
+    model, _ = _load(args, with_data=True)
+    started = time.perf_counter()
+    task = EvaluationTask(tuple(args.top_k), _task_runtime_options(args))
+    counts = map_shards(task, model, _data_request(args, model.net), args.shards, engine=args.engine,
+                        address=args.address, desc="eval")
+    result = Evaluation.from_arrays(counts, time.perf_counter() - started)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
@@ -319,14 +346,19 @@ def cmd_convert_data(args) -> int:
     return 0
 
 
-def _statistics_pass(args, model, source, criterion, group_list, groups):
-    from .pruning import gather, statistics_plan
+def _statistics_pass(args, model, criterion, group_list, groups):
+    """The criterion's statistics over the data (--shard I/N: only that part), on the chosen engine."""
+    from dataclasses import replace
+
+    from .cluster import map_shards
+    from .pruning import StatisticsTask, statistics_plan
 
     stats = statistics_plan(model, groups, group_list, criterion)
-    shard = getattr(args, "shard", None)
-    source = source.shard(*shard) if shard else source
-    return gather(model, stats, groups, _batches(model, source, args, f"relevance ({criterion.name})"),
-                  _runtime_options(args))
+    data = replace(_data_request(args, model.net), window=getattr(args, "shard", None) or (0, 1))
+    task = StatisticsTask(criterion.name, tuple(g.id for g in group_list), _task_runtime_options(args))
+    stats.load_arrays(map_shards(task, model, data, args.shards, engine=args.engine, address=args.address,
+                                 desc=f"relevance ({criterion.name})"), "the merged shards")
+    return stats
 
 
 def cmd_relevance(args) -> int:
@@ -341,7 +373,7 @@ def cmd_relevance(args) -> int:
     model, source = _load(args, with_data=True)
     groups = build_groups(model.net, model.shapes)
     group_list = chosen_groups(groups, args.layers, maxout_only=criterion.name == "maxout-wins")
-    stats = _statistics_pass(args, model, source, criterion, group_list, groups)
+    stats = _statistics_pass(args, model, criterion, group_list, groups)
     about = {"criterion": criterion.name, "layers": ",".join(g.name for g in group_list),
              "shard": f"{args.shard[0]}/{args.shard[1]}" if args.shard else "0/1"}
     stats.save(args.output, about)
@@ -415,7 +447,7 @@ def _plan(args, model, source, groups, group_list):
             with np.load(args.stats) as arrays:
                 stats.load_arrays(arrays, args.stats)
         else:
-            stats = _statistics_pass(args, model, source, criterion, group_list, groups)
+            stats = _statistics_pass(args, model, criterion, group_list, groups)
     scores = score(model, groups, group_list, criterion, stats)
     if args.tolerance is not None:
         metric, evaluator, _ = _measure(model, source, args)
@@ -711,6 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
     _net_arguments(evaluate, weights_required=True, data=True)
     evaluate.add_argument("--top-k", type=_int_list, default=[1], help="e.g. 1,5 (default 1)")
     evaluate.add_argument("--json", action="store_true")
+    _engine_arguments(evaluate)
 
     compare = _verb(verbs, "compare", "run two nets on the same inputs and compare every shared blob", cmd_compare)
     for name in ("a_prototxt", "a_weights", "b_prototxt", "b_weights"):
@@ -744,6 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     relevance.add_argument("--layers", type=lambda t: t.split(","), help="only these producer layers (comma-separated)")
     relevance.add_argument("--shard", type=_shard, metavar="I/N", help="gather shard I of N (merge the parts later)")
     relevance.add_argument("-o", "--output", required=True, help="the .npz to write")
+    _engine_arguments(relevance)
 
     prune = _verb(verbs, "prune", "remove channels/neurons and write a smaller prototxt/caffemodel pair", cmd_prune)
     prune.epilog += "\n\ncriteria:\n" + "\n".join(f"  {c.name:16} {c.summary}" for c in sorted(CRITERIA.values(), key=lambda c: c.name))
@@ -789,6 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("-o", "--output", required=True, help="output prefix: writes PREFIX.prototxt/.caffemodel/"
                                                               ".report.json/.plan.json")
     _precision_argument(prune)
+    _engine_arguments(prune)
 
     reshape = _verb(verbs, "reshape", "write a new input shape (batch, size) into a prototxt; every layer is "
                     "checked to fit it", cmd_reshape)

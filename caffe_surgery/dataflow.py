@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -51,18 +52,40 @@ def item_shapes(prototxt: str | os.PathLike, fallback: dict[str, tuple[int, ...]
     return resolve
 
 
-def open_source(net: Net, spec: str | None, transform=None) -> Source:
+def open_source(net: Net, spec: str | None, transform=None, directory: str | None = None) -> Source:
     """The data to run: ``spec`` if given (with ``transform``, else the net's transform_param), else the
-    net's data layer."""
+    net's data layer; relative paths are tried against ``directory`` (default: the prototxt's folder)."""
     layer = data_layer(net)
+    directory = directory or base_dir(net)
     if spec:
         if transform is None and layer is not None:
             transform = layer.param.transform_param
-        return parse_data_spec(spec, transform, base_dir(net))
+        return parse_data_spec(spec, transform, directory)
     if layer is None:
         raise DataError("the net has no Data or ImageData layer: pass --data "
                         "(lmdb:PATH, list:FILE[:ROOT], idx:IMAGES[:LABELS] or npy:PATH)", file=net.source)
-    return source_from_layer(layer.param, base_dir(net))
+    return source_from_layer(layer.param, directory)
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """Which data a pass reads, small enough to send to other processes: the spec (None: the net's own
+    data layer), the --scale/--mean transform, the --limit, the window (shard I of N) and the batch size.
+    Opening it reads nothing yet: every reader of a shard reads only its own records."""
+
+    spec: str | None
+    transform: object = None
+    limit: int | None = None
+    window: tuple[int, int] = (0, 1)
+    batch_size: int = DEFAULT_BATCH
+    directory: str | None = None
+
+    def open(self, net: Net) -> Source:
+        """The source: the first ``limit`` samples, then the window's shard of them."""
+        source = open_source(net, self.spec, self.transform, self.directory)
+        if self.limit is not None:
+            source = source.head(self.limit)
+        return source.shard(*self.window)
 
 
 def batch_size_for(net: Net, requested: int | None) -> int:

@@ -43,6 +43,20 @@ class Evaluation:
     def images_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds else 0.0
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The counts and sums as arrays that add up over shards (``statistics.merge_arrays``)."""
+        arrays = {"samples": np.array(self.samples), "loss_sum": np.array(self.loss_sum, dtype=np.float64),
+                  "about/has_loss": np.array(self.has_loss)}
+        arrays.update({f"correct/{k}": np.array(hits) for k, hits in self.correct.items()})
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], seconds: float = 0.0) -> "Evaluation":
+        """An evaluation from (merged) ``to_arrays`` output."""
+        correct = {int(key.split("/")[1]): int(value) for key, value in arrays.items() if key.startswith("correct/")}
+        return cls(samples=int(arrays["samples"]), correct=correct, loss_sum=float(arrays["loss_sum"]),
+                   has_loss=bool(arrays["about/has_loss"]), seconds=seconds)
+
     def as_dict(self) -> dict:
         return {"samples": self.samples, "accuracy": {f"top{k}": self.accuracy(k) for k in sorted(self.correct)},
                 "loss": self.loss, "images_per_second": self.images_per_second}
@@ -103,3 +117,14 @@ def evaluate(net: Net, shapes, batches, top_k=(1,), runtime_options: dict | None
             result.loss_sum += softmax_loss(scores, labels)
     result.seconds = time.perf_counter() - started
     return result
+
+
+@dataclass(frozen=True)
+class EvaluationTask:
+    """``evaluate`` as a task of ``cluster.map_shards``: (model, batches) -> mergeable counts."""
+
+    top_k: tuple[int, ...]
+    runtime_options: dict
+
+    def __call__(self, model, batches) -> dict[str, np.ndarray]:
+        return evaluate(model.net, model.shapes, batches, self.top_k, self.runtime_options).to_arrays()

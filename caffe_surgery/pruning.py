@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .criteria import Criterion
+from .criteria import Criterion, get_criterion
 from .errors import CaffeSurgeryError
 from .graph import Net
 from .groups import Group, Groups, build_groups
@@ -63,6 +63,22 @@ def gather(model: Model, stats: Statistics, groups: Groups, batches, runtime_opt
     for images, _labels in batches:
         stats.update(runtime.run(images), groups, len(images))
     return stats
+
+
+@dataclass(frozen=True)
+class StatisticsTask:
+    """The statistics pass as a task of ``cluster.map_shards``: (model, batches) -> the arrays
+    ``relevance`` saves, for the groups ``group_ids`` (ids of ``build_groups``, which is deterministic)."""
+
+    criterion: str
+    group_ids: tuple[int, ...]
+    runtime_options: dict
+
+    def __call__(self, model: Model, batches) -> dict[str, np.ndarray]:
+        groups = build_groups(model.net, model.shapes)
+        group_list = [groups.groups[gid] for gid in self.group_ids]
+        stats = statistics_plan(model, groups, group_list, get_criterion(self.criterion))
+        return gather(model, stats, groups, batches, self.runtime_options).described()
 
 
 def score(model: Model, groups: Groups, group_list: list[Group], criterion: Criterion,

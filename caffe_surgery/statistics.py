@@ -8,6 +8,7 @@ pass over everything bit for bit, the float sums up to summation order.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from io import BytesIO
 from dataclasses import dataclass, field
 
@@ -214,12 +215,16 @@ class Statistics:
                            f"wins/{gid}/shared": w.shared})
         return arrays
 
-    def save(self, path: str | os.PathLike, about: dict | None = None) -> None:
-        """Write the statistics as an .npz (atomically)."""
+    def described(self, about: dict | None = None) -> dict[str, np.ndarray]:
+        """``to_arrays`` plus the description (``about/*``, the kinds included): what ``save`` writes."""
         arrays = self.to_arrays()
         for key, value in {**(about or {}), "kinds": ",".join(self.kinds)}.items():
             arrays[f"about/{key}"] = np.array(value)
-        save_arrays(path, arrays)
+        return arrays
+
+    def save(self, path: str | os.PathLike, about: dict | None = None) -> None:
+        """Write the statistics as an .npz (atomically)."""
+        save_arrays(path, self.described(about))
 
     def load_arrays(self, arrays, source: str) -> None:
         """Replace the running values with those saved in ``arrays`` (from ``save``)."""
@@ -243,19 +248,28 @@ class Statistics:
 
 def merge_files(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
     """Add statistics files of shards of one pass; their descriptions (about/*) must agree."""
+    return merge_arrays((str(path), _load_statistics(path)) for path in paths)
+
+
+def _load_statistics(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as part:
+            return {key: part[key] for key in part.files}
+    except (OSError, ValueError) as exc:
+        raise CaffeSurgeryError(f"not a statistics file: {exc}", file=str(path)) from exc
+
+
+def merge_arrays(parts: Iterable[tuple[str, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """Add the arrays of shards of one pass, in the given order, key by key; ``parts`` are (name for
+    errors, arrays) pairs whose descriptions (about/*, all but the shard) must agree."""
     merged: dict[str, np.ndarray] = {}
-    for path in paths:
-        try:
-            with np.load(path) as part:
-                arrays = {key: part[key] for key in part.files}
-        except (OSError, ValueError) as exc:
-            raise CaffeSurgeryError(f"not a statistics file: {exc}", file=str(path)) from exc
+    for name, arrays in parts:
         if merged and set(arrays) != set(merged):
-            raise CaffeSurgeryError("gathered for other layers than the first file", file=str(path))
+            raise CaffeSurgeryError("gathered for other layers than the first file", file=name)
         for key, value in arrays.items():
             if key.startswith("about/"):
                 if key in merged and not np.array_equal(merged[key], value) and key != "about/shard":
-                    raise CaffeSurgeryError(f"{key[6:]} differs from the first file's", file=str(path))
+                    raise CaffeSurgeryError(f"{key[6:]} differs from the first file's", file=name)
                 merged[key] = value
             else:
                 merged[key] = merged[key] + value if key in merged else value

@@ -22,6 +22,9 @@ Sub-benchmarks (``--only``, comma-separated):
 ``growth``   surgery on models of growing size (LeNet, cifar10_full, CIFAR-10 VGG, ResNet-18-like,
              VGG-16) and the relevance pass on data sets of growing length (and on each model):
              fitted slopes (seconds per MB, seconds per image, seconds per GMAC) with R^2.
+``cluster``  the relevance pass on a local Ray instance with 1 and 2 worker processes, next to the same
+             pass in this process, and the scaling ratio (needs the cluster extra; not run unless asked
+             for; see scripts/bench_cluster.py).
 ``gpu``      hook: the relevance pass through ``caffe_surgery.train.TorchNet`` (``--backend torch``),
              on CUDA when torch sees a GPU, else on the CPU (said so); skipped with a message when
              the torch backend is unavailable. Not run unless asked for.
@@ -50,9 +53,10 @@ SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
 import bench_runtime  # noqa: E402
+from bench_cluster import bench_cluster, md_cluster  # noqa: E402
 from bench_nets import DEFAULT_CACHE, ensure_net  # noqa: E402
 
-SUBS = ("surgery", "stats", "latency", "growth", "gpu")
+SUBS = ("surgery", "stats", "latency", "growth", "gpu", "cluster")
 DEFAULT_ONLY = "surgery,stats,latency,growth"
 MB = 1e6
 
@@ -520,7 +524,8 @@ def md_gpu(result: dict) -> list[str]:
 # --------------------------------------------------------------------------------- main
 
 BENCHES = {"surgery": (bench_surgery, md_surgery), "stats": (bench_stats, md_stats),
-           "latency": (bench_latency, md_latency), "growth": (bench_growth, md_growth), "gpu": (bench_gpu, md_gpu)}
+           "latency": (bench_latency, md_latency), "growth": (bench_growth, md_growth), "gpu": (bench_gpu, md_gpu),
+           "cluster": (lambda args, work: bench_cluster(args, summary), lambda result: md_cluster(result, fmt))}
 
 
 def machine() -> dict:

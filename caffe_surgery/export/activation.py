@@ -4,7 +4,7 @@ import math
 import numpy as np
 from onnx import TensorProto
 
-from .context import LayerContext, channel_broadcast
+from .context import LayerContext
 from .registry import converter
 
 _UNARY = {"Sigmoid": "Sigmoid", "TanH": "Tanh", "AbsVal": "Abs", "BNLL": "Softplus"}
@@ -28,14 +28,9 @@ def relu(ctx: LayerContext) -> None:
 
 @converter("PReLU")
 def prelu(ctx: LayerContext) -> None:
-    """PRelu with the slopes shaped to broadcast over the channel axis (or one shared slope)."""
+    """One slope per channel (or one shared slope): ``LayerContext.leaky_relu``."""
     (slope,) = ctx.weights(1)
-    ndim = len(ctx.bottom_shape())
-    if ctx.param.prelu_param.channel_shared:
-        slope = slope.reshape(1)
-    else:
-        slope = channel_broadcast(slope.reshape(-1), ndim)
-    ctx.node("PRelu", [ctx.bottom(), ctx.const(slope, "slope")], ctx.top())
+    ctx.leaky_relu(slope.reshape(-1), ctx.top())
 
 
 @converter("ELU")

@@ -117,10 +117,13 @@ def _data_arguments(parser):
     parser.add_argument("--batch-size", type=int, help="samples per run (default: the data layer's, else 64)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime device")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--backend", choices=("auto", "onnxruntime", "opencv"), default="auto",
+                        help="what runs the net: onnxruntime, opencv (dnn, CPU) or auto (default: the faster of "
+                             "the two on the first batch, when their results agree)")
 
 
 def _runtime_options(args) -> dict:
-    return {"device": args.device, "threads": args.threads}
+    return {"device": args.device, "threads": args.threads, "backend": args.backend}
 
 
 def _transform(args):

@@ -36,7 +36,49 @@ def providers_for(device: str) -> list[str]:
     return [CUDA, CPU] if device != "cpu" and has_cuda else [CPU]
 
 
-class Runtime:
+class Runner:
+    """What every backend offers (see ``backends``): results keyed by blob key for a batch, and a batch loop.
+
+    A subclass sets ``inputs`` (name -> shape, dim 0 the batch) and implements ``run``.
+    """
+
+    inputs: dict[str, tuple]
+
+    def run(self, inputs: Batch) -> Arrays:
+        """Outputs and taps for one batch, keyed by blob key; a single-input net also takes a bare array."""
+        raise NotImplementedError
+
+    def run_batches(self, batches: Iterable[Batch], callback: Callable[[Arrays, Batch], None]) -> int:
+        """Run every batch, handing ``callback(results, batch)`` each result; return the samples seen."""
+        seen = 0
+        for batch in batches:
+            feeds = self._feeds(batch)
+            callback(self.run(feeds), batch)
+            seen += _count(feeds)
+        return seen
+
+    def _feeds(self, inputs: Batch) -> Arrays:
+        """Check names and per-sample shapes; return contiguous float32 arrays."""
+        if isinstance(inputs, np.ndarray):
+            if len(self.inputs) != 1:
+                raise CaffeSurgeryError(f"the net has inputs {', '.join(self.inputs)}; pass a dict of arrays")
+            inputs = {next(iter(self.inputs)): inputs}
+        missing = sorted(set(self.inputs) - set(inputs))
+        extra = sorted(set(inputs) - set(self.inputs))
+        if missing or extra:
+            raise CaffeSurgeryError(f"inputs must be exactly {', '.join(self.inputs)} "
+                                    f"(missing: {', '.join(missing) or '-'}; unknown: {', '.join(extra) or '-'})")
+        feeds = {}
+        for name, expected in self.inputs.items():
+            array = np.ascontiguousarray(inputs[name], dtype=np.float32)
+            if array.shape[1:] != tuple(expected[1:]):
+                raise ShapeError(f"input '{name}' has shape {array.shape}, the net expects (N, "
+                                 f"{', '.join(map(str, expected[1:]))})")
+            feeds[name] = array
+        return feeds
+
+
+class Runtime(Runner):
     """An onnxruntime session computing a net's outputs plus tapped blob versions."""
 
     def __init__(self, net: Net, shapes, *, taps: Iterable[BlobSpec] = (), device: str = "auto",
@@ -78,15 +120,6 @@ class Runtime:
         """Outputs and taps for one batch, keyed by blob key; a single-input net also takes a bare array."""
         return self._run_chunked(self._feeds(inputs))
 
-    def run_batches(self, batches: Iterable[Batch], callback: Callable[[Arrays, Batch], None]) -> int:
-        """Run every batch, handing ``callback(results, batch)`` each result; return the samples seen."""
-        seen = 0
-        for batch in batches:
-            feeds = self._feeds(batch)
-            callback(self._run_chunked(feeds), batch)
-            seen += _count(feeds)
-        return seen
-
     def _run_chunked(self, feeds: Arrays) -> Arrays:
         """One session call, or one per ``batch_size`` samples with the results joined along axis 0."""
         count = _count(feeds)
@@ -105,26 +138,6 @@ class Runtime:
     def _run(self, feeds: Arrays) -> Arrays:
         values = self.session.run(list(self._keys), feeds)
         return {self._keys[name]: value for name, value in zip(self._keys, values)}
-
-    def _feeds(self, inputs: Batch) -> Arrays:
-        """Check names and per-sample shapes; return contiguous float32 arrays."""
-        if isinstance(inputs, np.ndarray):
-            if len(self.inputs) != 1:
-                raise CaffeSurgeryError(f"the net has inputs {', '.join(self.inputs)}; pass a dict of arrays")
-            inputs = {next(iter(self.inputs)): inputs}
-        missing = sorted(set(self.inputs) - set(inputs))
-        extra = sorted(set(inputs) - set(self.inputs))
-        if missing or extra:
-            raise CaffeSurgeryError(f"inputs must be exactly {', '.join(self.inputs)} "
-                                    f"(missing: {', '.join(missing) or '-'}; unknown: {', '.join(extra) or '-'})")
-        feeds = {}
-        for name, expected in self.inputs.items():
-            array = np.ascontiguousarray(inputs[name], dtype=np.float32)
-            if array.shape[1:] != expected[1:]:
-                raise ShapeError(f"input '{name}' has shape {array.shape}, the net expects (N, "
-                                 f"{', '.join(map(str, expected[1:]))})")
-            feeds[name] = array
-        return feeds
 
 
 def _join_rule(shape: list) -> str:

@@ -96,6 +96,11 @@ def _caffemodel_chunks(net: Net):
         yield from chunks
 
 
+def caffemodel_bytes(net: Net) -> bytes:
+    """The caffemodel ``save_caffemodel`` writes, in memory (for loaders that take a buffer)."""
+    return b"".join(_caffemodel_chunks(net))
+
+
 def save_caffemodel(net: Net, path: str | os.PathLike) -> None:
     """Write the net with its weights as a binary caffemodel (float32 blobs), atomically."""
     atomic_write(path, _caffemodel_chunks(net))

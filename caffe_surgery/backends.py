@@ -1,0 +1,225 @@
+"""The backends a data pass can run a net on, behind ``runtime.Runner``: onnxruntime, OpenCV dnn, or the
+faster of the two.
+
+``open_runtime(net, shapes, backend=...)`` returns
+
+* ``onnxruntime``: ``runtime.Runtime``, the exported graph with its taps and in-graph channel summaries;
+* ``opencv``: ``OpenCVRuntime``, OpenCV's own Caffe importer running the deploy net from memory,
+  returning any blob (``forward`` by the layer that wrote it), the channel summaries computed in numpy;
+* ``auto``: ``AutoRuntime``, which runs the first batch on both, checks that OpenCV agrees with
+  onnxruntime to ``TOLERANCE`` and keeps the faster one for the rest of the pass. The choice is
+  cached for the process, per net and batch shape, so later passes skip the probe.
+
+Both give the same keys and shapes; their values agree to float rounding (OpenCV sums the summaries
+in float64, onnxruntime in float32).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+
+import numpy as np
+from google.protobuf import text_format
+
+from .deploy import deploy_net
+from .errors import CaffeSurgeryError
+from .export.summaries import KINDS, SUFFIX, summary_name
+from .graph import BlobVersion, Net
+from .onnx_export import BlobSpec, graph_outputs
+from .runtime import Arrays, Batch, Runner, Runtime
+from .save import caffemodel_bytes
+from .statistics import channel_summary
+
+BACKENDS = ("auto", "onnxruntime", "opencv")
+TOLERANCE = 1e-4
+"""OpenCV is used only where it matches onnxruntime to TOLERANCE * max(1, |value|) on the probe batch."""
+COUNT_SLACK = 1e-3
+PROBE_SECONDS = 0.2
+"""Per backend, the probe repeats a batch (up to 3 runs) until it has spent this long on it."""
+
+_CHOICES: dict[str, str] = {}
+
+
+def open_runtime(net: Net, shapes, *, backend: str = "onnxruntime", **options) -> Runner:
+    """A runner of ``net`` on ``backend`` (see the module docstring); ``options`` as for ``Runtime``."""
+    if backend not in BACKENDS:
+        raise CaffeSurgeryError(f"unknown backend '{backend}' (choose one of {', '.join(BACKENDS)})")
+    if backend == "onnxruntime" or (backend == "auto" and options.get("batch_size")):
+        return Runtime(net, shapes, **options)
+    if backend == "opencv":
+        return OpenCVRuntime(net, shapes, **options)
+    return AutoRuntime(net, shapes, **options)
+
+
+class OpenCVRuntime(Runner):
+    """OpenCV dnn's Caffe importer running the net's deploy version, with the keys ``Runtime`` gives."""
+
+    def __init__(self, net: Net, shapes, *, taps: Iterable[BlobSpec] = (), outputs: Iterable[BlobSpec] | None = None,
+                 summaries: Iterable[BlobSpec] = (), summary_kinds: tuple[str, ...] = KINDS, device: str = "auto",
+                 threads: int | None = None):
+        """Arguments as for ``Runtime`` (no ``batch_size``: OpenCV takes any batch); CPU only."""
+        import cv2
+
+        if device == "cuda":
+            raise CaffeSurgeryError("the opencv backend runs on the CPU; use --backend onnxruntime for CUDA")
+        outputs = None if outputs is None else list(outputs)
+        self.outputs = graph_outputs(net, list(taps), outputs)
+        self.summaries = [s if isinstance(s, BlobVersion) else net.resolve(s) for s in summaries]
+        self.summary_kinds = tuple(summary_kinds)
+        wanted = list(dict.fromkeys(self.outputs + self.summaries))
+        for version in wanted:
+            if len(net.producer(version).tops) != 1 or not net.producer(version).bottoms:
+                raise CaffeSurgeryError(f"the opencv backend cannot return blob '{version.key}' (written by a "
+                                        "data layer or a layer with several tops)", file=net.source)
+        self._layers = [version.producer for version in wanted]
+        self._wanted = wanted
+        self._sample_shapes = {v: tuple(shapes.blob(v)) for v in wanted}
+        deployed = deploy_net(net, shapes)
+        self.inputs = {top.name: tuple(shapes.blob(top)) for layer in deployed.layers if not layer.bottoms
+                       for top in layer.tops}
+        prototxt = text_format.MessageToString(deployed.to_proto()).encode()
+        try:
+            self.net = cv2.dnn.readNetFromCaffe(np.frombuffer(prototxt, np.uint8),
+                                                np.frombuffer(caffemodel_bytes(deployed), np.uint8))
+        except cv2.error as exc:
+            raise CaffeSurgeryError(f"OpenCV dnn cannot load the net: {_first_line(exc)}", file=net.source) from None
+        if threads:
+            cv2.setNumThreads(threads)
+
+    @property
+    def keys(self) -> list[str]:
+        """Keys of the results of ``run``: the net's outputs, the taps, then the summaries."""
+        return [v.key for v in self.outputs] + [summary_name(v.key) for v in self.summaries]
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    def run(self, inputs: Batch) -> Arrays:
+        import cv2
+
+        feeds = self._feeds(inputs)
+        count = len(next(iter(feeds.values())))
+        for name, array in feeds.items():
+            self.net.setInput(array, name)
+        try:
+            values = self.net.forward(self._layers)
+        except cv2.error as exc:
+            raise CaffeSurgeryError(f"OpenCV dnn cannot run the net: {_first_line(exc)}") from None
+        blobs = {v: self._shaped(v, value, count) for v, value in zip(self._wanted, values)}
+        results = {v.key: blobs[v] for v in self.outputs}
+        results.update({summary_name(v.key): channel_summary(blobs[v], self.summary_kinds) for v in self.summaries})
+        return results
+
+    def _shaped(self, version: BlobVersion, value: np.ndarray, count: int) -> np.ndarray:
+        """OpenCV's blob in the inferred shape, dim 0 the batch (or as inferred, e.g. PriorBox's 1)."""
+        shape = self._sample_shapes[version]
+        batched = (count,) + shape[1:]
+        if value.size == int(np.prod(batched)):
+            return value.reshape(batched)
+        return value.reshape(shape) if value.size == int(np.prod(shape)) else value
+
+
+class AutoRuntime(Runner):
+    """onnxruntime or OpenCV, whichever ran the first batch faster with the same results."""
+
+    def __init__(self, net: Net, shapes, **options):
+        self.onnxruntime = Runtime(net, shapes, **options)
+        self.inputs = self.onnxruntime.inputs
+        self.why = ""
+        try:
+            self.opencv = OpenCVRuntime(net, shapes, **options)
+        except CaffeSurgeryError as exc:
+            self.opencv, self.why = None, exc.one_line()
+        self._net_key = _fingerprint(net, shapes, self.onnxruntime.keys, options)
+        self.chosen: Runner | None = None
+        self.timings: dict[str, float] = {}
+
+    @property
+    def keys(self) -> list[str]:
+        return self.onnxruntime.keys
+
+    @property
+    def device(self) -> str:
+        return self.onnxruntime.device
+
+    @property
+    def backend(self) -> str | None:
+        """The chosen backend's name (None before the first batch)."""
+        if self.chosen is None:
+            return None
+        return "opencv" if self.chosen is self.opencv else "onnxruntime"
+
+    def run(self, inputs: Batch) -> Arrays:
+        if self.chosen is not None:
+            return self.chosen.run(inputs)
+        feeds = self._feeds(inputs)
+        key = f"{self._net_key}:{sorted((k, v.shape) for k, v in feeds.items())}"
+        if key in _CHOICES:
+            self.chosen = self.opencv if _CHOICES[key] == "opencv" and self.opencv else self.onnxruntime
+            return self.chosen.run(feeds)
+        reference = self._probe(feeds)
+        _CHOICES[key] = self.backend
+        return reference
+
+    def _probe(self, feeds: Arrays) -> Arrays:
+        """Time both backends on this batch; return onnxruntime's results."""
+        reference, self.timings["onnxruntime"] = _timed(self.onnxruntime, feeds)
+        self.chosen = self.onnxruntime
+        if self.opencv is None:
+            return reference
+        values, self.timings["opencv"] = _timed(self.opencv, feeds)
+        kinds = tuple(self.opencv.summary_kinds)
+        disagreement = _disagreement(reference, values, kinds.index("zeros") if "zeros" in kinds else None)
+        if disagreement:
+            self.why = f"OpenCV differs from onnxruntime: {disagreement}"
+        elif self.timings["opencv"] < self.timings["onnxruntime"]:
+            self.chosen = self.opencv
+        return reference
+
+
+def _timed(runner: Runner, feeds: Arrays) -> tuple[Arrays, float]:
+    """The runner's first results on ``feeds`` and its best time over up to 3 runs within PROBE_SECONDS
+    (the first run, which allocates, counts only when it is the only one)."""
+    times, results, spent = [], None, 0.0
+    while len(times) < 3 and (not times or spent < PROBE_SECONDS):
+        started = time.perf_counter()
+        values = runner.run(feeds)
+        times.append(time.perf_counter() - started)
+        spent += times[-1]
+        results = values if results is None else results
+    return results, min(times[1:] or times)
+
+
+def _disagreement(reference: Arrays, values: Arrays, zeros_row: int | None) -> str:
+    """'' when every value matches its reference to TOLERANCE * max(1, |reference|), else the first mismatch.
+
+    Counts of values <= 0 (row ``zeros_row`` of a summary) match within COUNT_SLACK of the largest count,
+    at least 2: a value within float rounding of 0 may fall on either side.
+    """
+    for key, expected in reference.items():
+        got = values.get(key)
+        if got is None or got.shape != expected.shape:
+            return f"'{key}' has shape {None if got is None else got.shape}, expected {expected.shape}"
+        error = np.abs(got.astype(np.float64) - expected)
+        allowed = np.full(expected.shape[:1], TOLERANCE * max(1.0, float(np.abs(expected).max(initial=0.0))))
+        if key.endswith(SUFFIX) and zeros_row is not None:
+            allowed[zeros_row] = max(2.0, COUNT_SLACK * float(expected[zeros_row].max(initial=0.0)))
+        excess = error.reshape(len(error), -1).max(axis=1, initial=0.0) - allowed if error.ndim else error - allowed
+        if np.any(excess > 0):
+            return f"'{key}' differs by {float(error.max()):.3g} (tolerance {float(allowed.min()):.3g})"
+    return ""
+
+
+def _fingerprint(net: Net, shapes, keys: list[str], options: dict) -> str:
+    """Identifies a net's structure, its shapes and what is asked of it, for the per-process choice cache."""
+    parts = [repr(keys), repr(sorted((k, repr(v)) for k, v in options.items()))]
+    for layer in net.layers:
+        parts.append(f"{layer.name}:{layer.type}:{[tuple(shapes.blob(t)) for t in layer.tops]}")
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

@@ -169,7 +169,11 @@ class AutoRuntime(Runner):
         self.chosen = self.onnxruntime
         if self.opencv is None:
             return reference
-        values, self.timings["opencv"] = _timed(self.opencv, feeds)
+        try:
+            values, self.timings["opencv"] = _timed(self.opencv, feeds)
+        except CaffeSurgeryError as exc:  # OpenCV reads layers lazily: an unsupported one fails here
+            self.why = exc.one_line()
+            return reference
         kinds = tuple(self.opencv.summary_kinds)
         disagreement = _disagreement(reference, values, kinds.index("zeros") if "zeros" in kinds else None)
         if disagreement:

@@ -35,8 +35,9 @@ BACKENDS = ("auto", "onnxruntime", "opencv")
 TOLERANCE = 1e-4
 """OpenCV is used only where it matches onnxruntime to TOLERANCE * max(1, |value|) on the probe batch."""
 COUNT_SLACK = 1e-3
-PROBE_SECONDS = 0.2
-"""Per backend, the probe repeats a batch (up to 3 runs) until it has spent this long on it."""
+PROBE_SECONDS = 0.5
+PROBE_ROUNDS = 15
+"""The probe runs the backends in turn on the first batch, up to PROBE_ROUNDS rounds or PROBE_SECONDS."""
 
 _CHOICES: dict[str, str] = {}
 
@@ -165,35 +166,41 @@ class AutoRuntime(Runner):
 
     def _probe(self, feeds: Arrays) -> Arrays:
         """Time both backends on this batch; return onnxruntime's results."""
-        reference, self.timings["onnxruntime"] = _timed(self.onnxruntime, feeds)
+        started = time.perf_counter()
+        reference = self.onnxruntime.run(feeds)
+        first = time.perf_counter() - started
         self.chosen = self.onnxruntime
         if self.opencv is None:
             return reference
-        try:
-            values, self.timings["opencv"] = _timed(self.opencv, feeds)
-        except CaffeSurgeryError as exc:  # OpenCV reads layers lazily: an unsupported one fails here
+        try:  # OpenCV reads layers lazily: an unsupported one fails here
+            values = self.opencv.run(feeds)
+        except CaffeSurgeryError as exc:
             self.why = exc.one_line()
             return reference
         kinds = tuple(self.opencv.summary_kinds)
         disagreement = _disagreement(reference, values, kinds.index("zeros") if "zeros" in kinds else None)
         if disagreement:
             self.why = f"OpenCV differs from onnxruntime: {disagreement}"
-        elif self.timings["opencv"] < self.timings["onnxruntime"]:
+            return reference
+        self.timings = _timings({"onnxruntime": self.onnxruntime, "opencv": self.opencv}, feeds, first)
+        if self.timings["opencv"] < self.timings["onnxruntime"]:
             self.chosen = self.opencv
         return reference
 
 
-def _timed(runner: Runner, feeds: Arrays) -> tuple[Arrays, float]:
-    """The runner's first results on ``feeds`` and its best time over up to 3 runs within PROBE_SECONDS
-    (the first run, which allocates, counts only when it is the only one)."""
-    times, results, spent = [], None, 0.0
-    while len(times) < 3 and (not times or spent < PROBE_SECONDS):
-        started = time.perf_counter()
-        values = runner.run(feeds)
-        times.append(time.perf_counter() - started)
-        spent += times[-1]
-        results = values if results is None else results
-    return results, min(times[1:] or times)
+def _timings(runners: dict, feeds: Arrays, first: float) -> dict[str, float]:
+    """Median seconds per run of each runner on ``feeds``, the runners taking turns (so a drift of the machine
+    hits them alike) for PROBE_ROUNDS rounds or PROBE_SECONDS; one round when the first run (``first``
+    seconds) already took longer."""
+    times = {name: [] for name in runners}
+    started = time.perf_counter()
+    while not times["onnxruntime"] or (first < PROBE_SECONDS and len(times["onnxruntime"]) < PROBE_ROUNDS
+                                       and time.perf_counter() - started < PROBE_SECONDS):
+        for name, runner in runners.items():
+            begun = time.perf_counter()
+            runner.run(feeds)
+            times[name].append(time.perf_counter() - begun)
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def _disagreement(reference: Arrays, values: Arrays, zeros_row: int | None) -> str:

@@ -120,8 +120,9 @@ def measure_model(name: str, prototxt: Path, weights: Path, batch: int, rounds: 
 def run(batch: int = 1, rounds: int = 5, seconds: float = 0.3, nets=NETS, cache=DEFAULT_CACHE,
         smoke: bool = False) -> list[dict]:
     """The real models, then the benchmark nets."""
-    models = real_models() + [(n, ensure_net(n, cache, smoke=smoke).prototxt, ensure_net(n, cache, smoke=smoke).caffemodel)
-                              for n in nets]
+    models = real_models()
+    for net in (ensure_net(name, cache, smoke=smoke) for name in nets):
+        models.append((net.name, net.prototxt, net.caffemodel))
     results = []
     for name, prototxt, weights in models:
         print(f"   runtime: {name}", file=sys.stderr, flush=True)

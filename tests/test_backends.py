@@ -94,7 +94,7 @@ def test_auto_keeps_onnxruntime_where_opencv_disagrees(lenet, monkeypatch):
     runner = open_runtime(lenet.net, lenet.shapes, backend="auto")
     original = runner.opencv.run
     monkeypatch.setattr(runner.opencv, "run", lambda feeds: {k: v + 1 for k, v in original(feeds).items()})
-    monkeypatch.setattr(backends, "_timed", lambda r, feeds: (r.run(feeds), 0.0 if r is runner.opencv else 1.0))
+    monkeypatch.setattr(backends, "_timings", lambda runners, feeds, first: {"onnxruntime": 1.0, "opencv": 0.0})
     runner.run(np.zeros((2, 1, 28, 28), np.float32))
     assert runner.backend == "onnxruntime"
     assert runner.why.startswith("OpenCV differs from onnxruntime: 'prob' differs by")
@@ -122,3 +122,25 @@ def test_backend_arguments_are_checked(tmp_path):
     with pytest.raises(CaffeSurgeryError, match="the opencv backend runs on the CPU"):
         open_runtime(model.net, model.shapes, backend="opencv", device="cuda")
     assert isinstance(open_runtime(model.net, model.shapes, backend="auto", batch_size=2), Runtime)
+
+
+@needs_fashion
+def test_relevance_command_gives_the_same_statistics_on_either_backend(tmp_path, capsys):
+    from caffe_surgery.cli import main
+    from conftest import REPO
+
+    sample = REPO / "samples" / "lenet_maxout.prototxt"
+    spec = f"idx:{FASHION_MNIST / 't10k-images-idx3-ubyte.gz'}:{FASHION_MNIST / 't10k-labels-idx1-ubyte.gz'}"
+    for backend in ("onnxruntime", "opencv"):
+        code = main(["relevance", str(sample), "-w", str(sample.with_suffix(".caffemodel")), "--criterion", "apoz",
+                     "--data", spec, "--scale", "0.00390625", "--limit", "128", "--backend", backend,
+                     "-o", str(tmp_path / f"{backend}.npz")])
+        assert code == 0, capsys.readouterr().err
+    with np.load(tmp_path / "onnxruntime.npz") as ort, np.load(tmp_path / "opencv.npz") as cv:
+        assert ort.files == cv.files and int(ort["samples"]) == 128
+        for key in ort.files:
+            if key.endswith(("/total", "/squares")):
+                np.testing.assert_allclose(cv[key], ort[key], rtol=1e-4, atol=1e-4 * np.abs(ort[key]).max())
+            elif not key.startswith("about/"):
+                counts = ort[key.rsplit("/", 1)[0] + "/count"] if key.endswith("/zeros") else 0
+                assert np.abs(cv[key] - ort[key]).max() <= 1e-4 * counts, key

@@ -35,9 +35,9 @@ BACKENDS = ("auto", "onnxruntime", "opencv")
 TOLERANCE = 1e-4
 """OpenCV is used only where it matches onnxruntime to TOLERANCE * max(1, |value|) on the probe batch."""
 COUNT_SLACK = 1e-3
-PROBE_SECONDS = 0.5
-PROBE_ROUNDS = 15
-"""The probe runs the backends in turn on the first batch, up to PROBE_ROUNDS rounds or PROBE_SECONDS."""
+PROBE_SECONDS = 0.6
+PROBE_ROUNDS = 3
+"""The probe runs the backends in turn on the first batch, PROBE_ROUNDS blocks each, PROBE_SECONDS in all."""
 
 _CHOICES: dict[str, str] = {}
 
@@ -189,17 +189,20 @@ class AutoRuntime(Runner):
 
 
 def _timings(runners: dict, feeds: Arrays, first: float) -> dict[str, float]:
-    """Median seconds per run of each runner on ``feeds``, the runners taking turns (so a drift of the machine
-    hits them alike) for PROBE_ROUNDS rounds or PROBE_SECONDS; one round when the first run (``first``
-    seconds) already took longer."""
+    """Seconds per run of each runner on ``feeds``: the median over PROBE_ROUNDS rounds of each runner's mean
+    over a block of runs, the runners taking turns block by block (a drift of the machine hits them alike,
+    and one library's idle worker threads weigh on the other only at a block's start). One round of one
+    run each when the first run (``first`` seconds) already took PROBE_SECONDS."""
+    rounds = 1 if first >= PROBE_SECONDS else PROBE_ROUNDS
+    block = PROBE_SECONDS / (rounds * len(runners))
     times = {name: [] for name in runners}
-    started = time.perf_counter()
-    while not times["onnxruntime"] or (first < PROBE_SECONDS and len(times["onnxruntime"]) < PROBE_ROUNDS
-                                       and time.perf_counter() - started < PROBE_SECONDS):
+    for _ in range(rounds):
         for name, runner in runners.items():
-            begun = time.perf_counter()
-            runner.run(feeds)
-            times[name].append(time.perf_counter() - begun)
+            runs, started = 0, time.perf_counter()
+            while not runs or time.perf_counter() - started < block:
+                runner.run(feeds)
+                runs += 1
+            times[name].append((time.perf_counter() - started) / runs)
     return {name: float(np.median(values)) for name, values in times.items()}
 
 

@@ -41,7 +41,7 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     """The tool's onnxruntime session options: all graph optimizations, ``threads`` intra-op threads (default:
     one per core), and worker threads that sleep instead of spinning while they wait. On a machine with other
     work (the data pass's own prefetch thread, other processes) spinning threads take the cores that work needs:
-    on this shared 2-core machine a LeNet relevance pass ran 1.4x faster without spinning (README, Performance).
+    on this shared 2-core machine a LeNet relevance pass ran 1.8x faster without spinning (README, Performance).
     """
     options = ort.SessionOptions()
     if threads:

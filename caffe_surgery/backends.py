@@ -6,9 +6,10 @@ faster of the two.
 * ``onnxruntime``: ``runtime.Runtime``, the exported graph with its taps and in-graph channel summaries;
 * ``opencv``: ``OpenCVRuntime``, OpenCV's own Caffe importer running the deploy net from memory,
   returning any blob (``forward`` by the layer that wrote it), the channel summaries computed in numpy;
-* ``auto``: ``AutoRuntime``, which runs the first batch on both, checks that OpenCV agrees with
-  onnxruntime to ``TOLERANCE`` and keeps the faster one for the rest of the pass. The choice is
-  cached for the process, per net and batch shape, so later passes skip the probe.
+* ``auto``: ``AutoRuntime``, which runs the first batch on both (and, for a small net, on onnxruntime
+  with one thread), keeps the candidates that agree with onnxruntime to ``TOLERANCE`` and the fastest
+  of them for the rest of the pass. The choice is cached for the process, per net and batch shape, so
+  later passes skip the probe.
 
 Both give the same keys and shapes; their values agree to float rounding (OpenCV sums the summaries
 in float64, onnxruntime in float32).
@@ -16,6 +17,7 @@ in float64, onnxruntime in float32).
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterable
 
@@ -35,6 +37,9 @@ BACKENDS = ("auto", "onnxruntime", "opencv")
 TOLERANCE = 1e-4
 """OpenCV is used only where it matches onnxruntime to TOLERANCE * max(1, |value|) on the probe batch."""
 COUNT_SLACK = 1e-3
+SINGLE_THREAD = "onnxruntime-1thread"
+SINGLE_THREAD_SECONDS = 0.05
+"""A net whose first batch ran faster than this is also tried on one onnxruntime thread (no thread wake-ups)."""
 PROBE_SECONDS = 0.6
 PROBE_ROUNDS = 3
 """The probe runs the backends in turn on the first batch, PROBE_ROUNDS blocks each, PROBE_SECONDS in all."""
@@ -123,7 +128,8 @@ class OpenCVRuntime(Runner):
 
 
 class AutoRuntime(Runner):
-    """onnxruntime or OpenCV, whichever ran the first batch faster with the same results."""
+    """The fastest of onnxruntime, onnxruntime on one thread (small nets) and OpenCV on the first batch,
+    among those giving onnxruntime's results."""
 
     def __init__(self, net: Net, shapes, **options):
         self.onnxruntime = Runtime(net, shapes, **options)
@@ -133,8 +139,11 @@ class AutoRuntime(Runner):
             self.opencv = OpenCVRuntime(net, shapes, **options)
         except CaffeSurgeryError as exc:
             self.opencv, self.why = None, exc.one_line()
+        self._net, self._shapes, self._options = net, shapes, options
         self._net_key = _fingerprint(net, shapes, self.onnxruntime.keys, options)
         self.chosen: Runner | None = None
+        self.backend: str | None = None
+        """The chosen backend's name: onnxruntime, onnxruntime-1thread or opencv (None before the first batch)."""
         self.timings: dict[str, float] = {}
 
     @property
@@ -145,46 +154,50 @@ class AutoRuntime(Runner):
     def device(self) -> str:
         return self.onnxruntime.device
 
-    @property
-    def backend(self) -> str | None:
-        """The chosen backend's name (None before the first batch)."""
-        if self.chosen is None:
-            return None
-        return "opencv" if self.chosen is self.opencv else "onnxruntime"
-
     def run(self, inputs: Batch) -> Arrays:
         if self.chosen is not None:
             return self.chosen.run(inputs)
         feeds = self._feeds(inputs)
         key = f"{self._net_key}:{sorted((k, v.shape) for k, v in feeds.items())}"
         if key in _CHOICES:
-            self.chosen = self.opencv if _CHOICES[key] == "opencv" and self.opencv else self.onnxruntime
+            self._choose(_CHOICES[key], {"onnxruntime": self.onnxruntime, "opencv": self.opencv})
             return self.chosen.run(feeds)
         reference = self._probe(feeds)
         _CHOICES[key] = self.backend
         return reference
 
+    def _choose(self, name: str, candidates: dict) -> None:
+        if name == SINGLE_THREAD and name not in candidates:
+            candidates[name] = self._single_thread()
+        self.backend = name if candidates.get(name) is not None else "onnxruntime"
+        self.chosen = candidates[self.backend]
+
+    def _single_thread(self) -> Runtime:
+        return Runtime(self._net, self._shapes, **{**self._options, "threads": 1})
+
     def _probe(self, feeds: Arrays) -> Arrays:
-        """Time both backends on this batch; return onnxruntime's results."""
+        """Time the candidates on this batch; return onnxruntime's results."""
         started = time.perf_counter()
         reference = self.onnxruntime.run(feeds)
         first = time.perf_counter() - started
-        self.chosen = self.onnxruntime
-        if self.opencv is None:
-            return reference
-        try:  # OpenCV reads layers lazily: an unsupported one fails here
-            values = self.opencv.run(feeds)
-        except CaffeSurgeryError as exc:
-            self.why = exc.one_line()
-            return reference
-        kinds = tuple(self.opencv.summary_kinds)
-        disagreement = _disagreement(reference, values, kinds.index("zeros") if "zeros" in kinds else None)
-        if disagreement:
-            self.why = f"OpenCV differs from onnxruntime: {disagreement}"
-            return reference
-        self.timings = _timings({"onnxruntime": self.onnxruntime, "opencv": self.opencv}, feeds, first)
-        if self.timings["opencv"] < self.timings["onnxruntime"]:
-            self.chosen = self.opencv
+        candidates = {"onnxruntime": self.onnxruntime}
+        if first < SINGLE_THREAD_SECONDS and not self._options.get("threads") and (os.cpu_count() or 1) > 1:
+            candidates[SINGLE_THREAD] = self._single_thread()
+        if self.opencv is not None:
+            candidates["opencv"] = self.opencv
+        kinds = tuple(self._options.get("summary_kinds", KINDS))
+        for name in list(candidates)[1:]:
+            try:  # OpenCV reads layers lazily: an unsupported one fails here
+                disagreement = _disagreement(reference, candidates[name].run(feeds),
+                                             kinds.index("zeros") if "zeros" in kinds else None)
+            except CaffeSurgeryError as exc:
+                disagreement = exc.one_line()
+            if disagreement:
+                self.why = f"{name} differs from onnxruntime: {disagreement}"
+                del candidates[name]
+        if len(candidates) > 1:
+            self.timings = _timings(candidates, feeds, first)
+        self._choose(min(self.timings, key=self.timings.get) if self.timings else "onnxruntime", candidates)
         return reference
 
 

@@ -135,6 +135,9 @@ def _data_arguments(parser):
     parser.add_argument("--batch-size", type=int, help="samples per run (default: the data layer's, else 64)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime device")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--backend", choices=("auto", "onnxruntime", "opencv"), default="auto",
+                        help="what runs the net: onnxruntime, opencv (dnn, CPU) or auto (default: the faster of "
+                             "the two on the first batch, when their results agree)")
 
 
 def _precision_argument(parser):
@@ -161,13 +164,16 @@ def _data_request(args, net):
 
 
 def _runtime_options(args) -> dict:
-    return {"device": args.device, "threads": args.threads}
+    return {"device": args.device, "threads": args.threads, "backend": args.backend}
 
 
 def _task_runtime_options(args) -> dict:
     """The runtime options of a pass's tasks: on Ray one onnxruntime thread per task (each task holds
-    one CPU) unless --threads says otherwise."""
-    return {**_runtime_options(args), "threads": args.threads or (1 if args.engine == "ray" else None)}
+    one CPU) unless --threads says otherwise, and onnxruntime unless --backend names another (workers
+    probing on their own could choose differently, and the shards must be computed alike)."""
+    on_ray = args.engine == "ray"
+    return {**_runtime_options(args), "threads": args.threads or (1 if on_ray else None),
+            "backend": "onnxruntime" if on_ray and args.backend == "auto" else args.backend}
 
 
 def _transform(args):

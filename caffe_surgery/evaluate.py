@@ -100,11 +100,12 @@ def softmax_loss(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def evaluate(net: Net, shapes, batches, top_k=(1,), runtime_options: dict | None = None) -> Evaluation:
-    """Run every batch through onnxruntime and accumulate accuracy (and loss)."""
-    from .runtime import Runtime
+    """Run every batch through the runtime (``runtime_options``: ``backends.open_runtime``'s) and accumulate
+    accuracy (and loss)."""
+    from .backends import open_runtime
 
     blob, has_loss = score_blob(net)
-    runtime = Runtime(net, shapes, taps=[blob], outputs=(), **(runtime_options or {}))
+    runtime = open_runtime(net, shapes, taps=[blob], outputs=(), **(runtime_options or {}))
     result = Evaluation(correct={k: 0 for k in top_k}, has_loss=has_loss)
     started = time.perf_counter()
     for images, labels in batches:

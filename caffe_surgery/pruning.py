@@ -55,11 +55,12 @@ def statistics_plan(model: Model, groups: Groups, group_list: list[Group], crite
 
 
 def gather(model: Model, stats: Statistics, groups: Groups, batches, runtime_options: dict) -> Statistics:
-    """Stream batches through onnxruntime with the statistics' taps and accumulate them."""
-    from .runtime import Runtime
+    """Stream batches through the runtime (``runtime_options``: ``backends.open_runtime``'s) with the
+    statistics' taps and accumulate them."""
+    from .backends import open_runtime
 
-    runtime = Runtime(model.net, model.shapes, taps=stats.full_taps, summaries=stats.summaries,
-                      summary_kinds=stats.kinds, outputs=(), **runtime_options)
+    runtime = open_runtime(model.net, model.shapes, taps=stats.full_taps, summaries=stats.summaries,
+                           summary_kinds=stats.kinds, outputs=(), **runtime_options)
     for images, _labels in batches:
         stats.update(runtime.run(images), groups, len(images))
     return stats

@@ -5,7 +5,8 @@ depends on the batch size, e.g. a Reshape with a literal batch dim, runs at its
 own fixed batch instead, with a warning); results are keyed by blob
 key (``fc`` for a blob's first version, ``fc@relu`` for a rewrite), so a tap of
 an in-place version reads the value before the later layers rewrote it.
-Graph optimizations stay on: onnxruntime keeps every requested output intact.
+Graph optimizations stay on: onnxruntime keeps every requested output intact; its worker threads do
+not spin (``session_options``).
 """
 from __future__ import annotations
 
@@ -41,7 +42,62 @@ def providers_for(device: str) -> list[str]:
     return [CUDA, CPU] if device != "cpu" and has_cuda else [CPU]
 
 
-class Runtime:
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The tool's onnxruntime session options: all graph optimizations, ``threads`` intra-op threads (default:
+    one per core), and worker threads that sleep instead of spinning while they wait. On a machine with other
+    work (the data pass's own prefetch thread, other processes) spinning threads take the cores that work needs:
+    on this shared 2-core machine a LeNet relevance pass ran 1.8x faster without spinning (README, Performance).
+    """
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class Runner:
+    """What every backend offers (see ``backends``): results keyed by blob key for a batch, and a batch loop.
+
+    A subclass sets ``inputs`` (name -> shape, dim 0 the batch) and implements ``run``.
+    """
+
+    inputs: dict[str, tuple]
+
+    def run(self, inputs: Batch) -> Arrays:
+        """Outputs and taps for one batch, keyed by blob key; a single-input net also takes a bare array."""
+        raise NotImplementedError
+
+    def run_batches(self, batches: Iterable[Batch], callback: Callable[[Arrays, Batch], None]) -> int:
+        """Run every batch, handing ``callback(results, batch)`` each result; return the samples seen."""
+        seen = 0
+        for batch in batches:
+            feeds = self._feeds(batch)
+            callback(self.run(feeds), batch)
+            seen += _count(feeds)
+        return seen
+
+    def _feeds(self, inputs: Batch) -> Arrays:
+        """Check names and per-sample shapes; return contiguous float32 arrays."""
+        if isinstance(inputs, np.ndarray):
+            if len(self.inputs) != 1:
+                raise CaffeSurgeryError(f"the net has inputs {', '.join(self.inputs)}; pass a dict of arrays")
+            inputs = {next(iter(self.inputs)): inputs}
+        missing = sorted(set(self.inputs) - set(inputs))
+        extra = sorted(set(inputs) - set(self.inputs))
+        if missing or extra:
+            raise CaffeSurgeryError(f"inputs must be exactly {', '.join(self.inputs)} "
+                                    f"(missing: {', '.join(missing) or '-'}; unknown: {', '.join(extra) or '-'})")
+        feeds = {}
+        for name, expected in self.inputs.items():
+            array = np.ascontiguousarray(inputs[name], dtype=np.float32)
+            if array.shape[1:] != tuple(expected[1:]):
+                raise ShapeError(f"input '{name}' has shape {array.shape}, the net expects (N, "
+                                 f"{', '.join(map(str, expected[1:]))})")
+            feeds[name] = array
+        return feeds
+
+
+class Runtime(Runner):
     """An onnxruntime session computing a net's outputs plus tapped blob versions."""
 
     def __init__(self, net: Net, shapes, *, taps: Iterable[BlobSpec] = (), device: str = "auto",
@@ -64,9 +120,7 @@ class Runtime:
             self.fixed_batch = int(model.graph.input[0].type.tensor_type.shape.dim[0].dim_value)
             log.warning("%s: %s: %s; running in batches of exactly %d", exc.file, exc.layer, exc.why,
                         self.fixed_batch)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options = session_options(threads)
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device))
         names = tensor_names(net)
         self._keys = {names[v]: v.key for v in self.outputs}
@@ -91,15 +145,6 @@ class Runtime:
         """Outputs and taps for one batch, keyed by blob key; a single-input net also takes a bare array."""
         return self._run_chunked(self._feeds(inputs))
 
-    def run_batches(self, batches: Iterable[Batch], callback: Callable[[Arrays, Batch], None]) -> int:
-        """Run every batch, handing ``callback(results, batch)`` each result; return the samples seen."""
-        seen = 0
-        for batch in batches:
-            feeds = self._feeds(batch)
-            callback(self._run_chunked(feeds), batch)
-            seen += _count(feeds)
-        return seen
-
     def _run_chunked(self, feeds: Arrays) -> Arrays:
         """One session call, or one per ``batch_size`` samples with the results joined along axis 0."""
         count = _count(feeds)
@@ -123,26 +168,6 @@ class Runtime:
     def _run(self, feeds: Arrays) -> Arrays:
         values = self.session.run(list(self._keys), feeds)
         return {self._keys[name]: value for name, value in zip(self._keys, values)}
-
-    def _feeds(self, inputs: Batch) -> Arrays:
-        """Check names and per-sample shapes; return contiguous float32 arrays."""
-        if isinstance(inputs, np.ndarray):
-            if len(self.inputs) != 1:
-                raise CaffeSurgeryError(f"the net has inputs {', '.join(self.inputs)}; pass a dict of arrays")
-            inputs = {next(iter(self.inputs)): inputs}
-        missing = sorted(set(self.inputs) - set(inputs))
-        extra = sorted(set(inputs) - set(self.inputs))
-        if missing or extra:
-            raise CaffeSurgeryError(f"inputs must be exactly {', '.join(self.inputs)} "
-                                    f"(missing: {', '.join(missing) or '-'}; unknown: {', '.join(extra) or '-'})")
-        feeds = {}
-        for name, expected in self.inputs.items():
-            array = np.ascontiguousarray(inputs[name], dtype=np.float32)
-            if array.shape[1:] != expected[1:]:
-                raise ShapeError(f"input '{name}' has shape {array.shape}, the net expects (N, "
-                                 f"{', '.join(map(str, expected[1:]))})")
-            feeds[name] = array
-        return feeds
 
 
 def _join_rule(name: str, shape: list, varying: set[str] | None) -> str:

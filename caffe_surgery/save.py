@@ -108,6 +108,11 @@ def _caffemodel_chunks(net: Net, precision: str = "fp32"):
         yield from chunks
 
 
+def caffemodel_bytes(net: Net) -> bytes:
+    """The float32 caffemodel ``save_caffemodel`` writes, in memory (for loaders that take a buffer)."""
+    return b"".join(_caffemodel_chunks(net, "fp32"))
+
+
 def save_caffemodel(net: Net, path: str | os.PathLike, precision: str = "fp32") -> None:
     """Write the net with its weights as a binary caffemodel, atomically.
 

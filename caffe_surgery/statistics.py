@@ -22,11 +22,14 @@ from .groups import Group, Groups
 from .io import atomic_write
 
 
-def channel_summary(activation: np.ndarray) -> np.ndarray:
-    """(3, C): per channel (axis 1) the sum, the sum of squares and the count of values <= 0."""
+def channel_summary(activation: np.ndarray, kinds: tuple[str, ...] = KINDS) -> np.ndarray:
+    """(len(kinds), C): per channel (axis 1) the ``kinds`` asked for, in float64: the sum, the sum of
+    squares, the count of values <= 0 (the rows of ``export.summaries``)."""
     axes = (0,) + tuple(range(2, activation.ndim))
-    values = activation.astype(np.float64)
-    return np.stack([values.sum(axis=axes), (values * values).sum(axis=axes), (values <= 0).sum(axis=axes)])
+    rows = {"sum": lambda: activation.sum(axis=axes, dtype=np.float64),
+            "squares": lambda: np.square(activation, dtype=np.float64).sum(axis=axes),
+            "zeros": lambda: np.count_nonzero(activation <= 0, axis=axes).astype(np.float64)}
+    return np.stack([rows[kind]() for kind in kinds])
 
 
 @dataclass

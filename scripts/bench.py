@@ -3,6 +3,7 @@
     python scripts/bench.py --out bench-results                 # everything but gpu, realistic sizes
     python scripts/bench.py --only surgery,latency --out DIR    # some sub-benchmarks
     python scripts/bench.py --smoke --out /tmp/bench            # tiny sizes, seconds
+    python scripts/bench.py --only runtime                      # backends per model: OpenCV, onnxruntime, chosen
     python scripts/bench.py --only gpu --backend torch          # relevance pass through caffe_surgery.train.TorchNet
 
 Sub-benchmarks (``--only``, comma-separated):
@@ -25,6 +26,10 @@ Sub-benchmarks (``--only``, comma-separated):
 ``cluster``  the relevance pass on a local Ray instance with 1 and 2 worker processes, next to the same
              pass in this process, and the scaling ratio (needs the cluster extra; not run unless asked
              for; see scripts/bench_cluster.py).
+``runtime``  ms/image of OpenCV dnn and of the onnxruntime path on every real model with weights
+             (``../shared/real-models``) and the benchmark nets, at batch 1, and the backend
+             ``--backend auto`` chooses (``scripts/bench_backends.py``). Targets: the chosen backend
+             within 1.1x of the fastest measured, its outputs equal to OpenCV's to 1e-4. Not run unless asked for.
 ``gpu``      hook: the relevance pass through ``caffe_surgery.train.TorchNet`` (``--backend torch``),
              on CUDA when torch sees a GPU, else on the CPU (said so); skipped with a message when
              the torch backend is unavailable. Not run unless asked for.
@@ -52,11 +57,12 @@ import numpy as np
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
+import bench_backends  # noqa: E402
 import bench_runtime  # noqa: E402
 from bench_cluster import bench_cluster, md_cluster  # noqa: E402
 from bench_nets import DEFAULT_CACHE, ensure_net  # noqa: E402
 
-SUBS = ("surgery", "stats", "latency", "growth", "gpu", "cluster")
+SUBS = ("surgery", "stats", "latency", "growth", "runtime", "gpu", "cluster")
 DEFAULT_ONLY = "surgery,stats,latency,growth"
 MB = 1e6
 
@@ -438,6 +444,20 @@ def md_growth(result: dict) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------------------ runtime
+
+def bench_backends_run(args, work: Path) -> dict:
+    rounds, seconds = (2, 0.02) if args.smoke else (max(args.repeats, 5), 0.3)
+    models = bench_backends.run(1, rounds, seconds, cache=args.cache, smoke=args.smoke)
+    return {"models": models, "targets": {k: v for m in models for k, v in m.get("targets", {}).items()}}
+
+
+def md_backends(result: dict) -> list[str]:
+    return (["## Backends: OpenCV dnn and onnxruntime at batch 1 (ms/image), and what `--backend auto` chooses", ""]
+            + bench_backends.markdown(result["models"])
+            + ["", "Each figure: median (min–max) over interleaved rounds; chosen / fastest compares the medians.", ""])
+
+
 # ---------------------------------------------------------------------------------- gpu
 
 def torch_backend():
@@ -525,6 +545,7 @@ def md_gpu(result: dict) -> list[str]:
 
 BENCHES = {"surgery": (bench_surgery, md_surgery), "stats": (bench_stats, md_stats),
            "latency": (bench_latency, md_latency), "growth": (bench_growth, md_growth), "gpu": (bench_gpu, md_gpu),
+           "runtime": (bench_backends_run, md_backends),
            "cluster": (lambda args, work: bench_cluster(args, summary), lambda result: md_cluster(result, fmt))}
 
 

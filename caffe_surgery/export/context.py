@@ -162,6 +162,22 @@ class LayerContext:
     def identity(self, x: str, out: str) -> str:
         return self.node("Identity", [x], out)
 
+    def leaky_relu(self, slopes: np.ndarray, out: str | None = None) -> str:
+        """The bottom where positive, else ``slope * bottom``, one slope per channel (axis 1) or one for all.
+
+        One slope (or all equal) is a LeakyRelu, which onnxruntime fuses into a preceding Conv. Several
+        are ``relu(x) * (1 - slope) + x * slope``: onnxruntime keeps those ops in its blocked conv layout,
+        where its PRelu kernel is a slow broadcast that also forces layout reorders around it (2-6x
+        slower on the PReLU models); the two agree to float rounding.
+        """
+        x, ndim = self.bottom(), len(self.bottom_shape())
+        slopes = np.asarray(slopes, dtype=np.float32).reshape(-1)
+        if np.all(slopes == slopes[0]):
+            return self.node("LeakyRelu", [x], out, alpha=float(slopes[0]))
+        positive = self.node("Mul", [self.node("Relu", [x]), self.const(channel_broadcast(1 - slopes, ndim), "keep")])
+        negative = self.node("Mul", [x, self.const(channel_broadcast(slopes, ndim), "slope")])
+        return self.node("Add", [positive, negative], out)
+
 
 def channel_broadcast(values: np.ndarray, ndim: int, axis: int = 1) -> np.ndarray:
     """Reshape per-channel values so they broadcast against an ``ndim`` tensor along ``axis``."""

@@ -6,7 +6,7 @@ import math
 import numpy as np
 from onnx import TensorProto
 
-from ..export.context import LayerContext, channel_broadcast
+from ..export.context import LayerContext
 from ..graph import TEST, Layer
 from .channels import ELEMENTWISE, PER_CHANNEL, drop_channel_entries
 from .registry import Departure, LayerType, NotApplicable, Train, declare
@@ -30,14 +30,10 @@ def relu(ctx: LayerContext) -> None:
 
 
 def prelu(ctx: LayerContext) -> None:
-    """PRelu with the slopes shaped to broadcast over the channel axis (or one shared slope)."""
+    """One slope per channel (or one shared slope): ``LayerContext.leaky_relu`` (onnxruntime's PRelu is a
+    slow broadcast that breaks its blocked convolution layout)."""
     (slope,) = ctx.weights(1)
-    ndim = len(ctx.bottom_shape())
-    if ctx.param.prelu_param.channel_shared:
-        slope = slope.reshape(1)
-    else:
-        slope = channel_broadcast(slope.reshape(-1), ndim)
-    ctx.node("PRelu", [ctx.bottom(), ctx.const(slope, "slope")], ctx.top())
+    ctx.leaky_relu(slope.reshape(-1), ctx.top())
 
 
 def elu(ctx: LayerContext) -> None:

@@ -180,10 +180,10 @@ class OutputAgreement:
         self.reference = self._outputs(net, shapes)
 
     def _outputs(self, net, shapes) -> list[list[np.ndarray]]:
-        from .runtime import Runtime
+        from .backends import open_runtime
 
         taps = [net.final(name) for name in self.names]
-        runtime = Runtime(net, shapes, taps=taps, outputs=(), **self.runtime_options)
+        runtime = open_runtime(net, shapes, taps=taps, outputs=(), **self.runtime_options)
         return [[result[tap.key] for tap in taps] for result in map(runtime.run, (images for images, _ in self.batches))]
 
     def figures(self, net, shapes) -> dict[str, float]:

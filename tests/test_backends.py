@@ -111,9 +111,10 @@ def test_auto_falls_back_to_onnxruntime_where_opencv_cannot_run(tmp_path):
     runner = open_runtime(model.net, model.shapes, backend="auto")
     expected = Runtime(model.net, model.shapes).run(feeds)
     results = runner.run(feeds)
-    assert runner.backend == "onnxruntime" and "OpenCV dnn cannot run the net" in runner.why
+    # either onnxruntime candidate may win the timing (all threads, or one for a small net)
+    assert runner.backend in ("onnxruntime", "onnxruntime-1thread") and "OpenCV dnn cannot run the net" in runner.why
     for key in expected:
-        np.testing.assert_array_equal(results[key], expected[key])
+        np.testing.assert_allclose(results[key], expected[key], rtol=1e-6, atol=1e-7)
 
 
 def test_backend_arguments_are_checked(tmp_path):

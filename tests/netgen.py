@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from caffe_surgery import caffe_pb2
+from caffe_surgery import caffe_pb2, textproto
 from caffe_surgery.blobs import array_to_blob
 from caffe_surgery.graph import build_net
 from caffe_surgery.io import write_binary, write_text
@@ -131,11 +131,18 @@ def random_weights(net_param: caffe_pb2.NetParameter, input_shapes: dict[str, tu
     return weights
 
 
+def parse(text: str) -> caffe_pb2.NetParameter:
+    """A NetParameter from prototxt text, keeping fork params the schema lacks (as the tool reads files)."""
+    net_param = caffe_pb2.NetParameter()
+    textproto.parse(text, net_param)
+    return net_param
+
+
 def write_net(text: str, directory: str | Path, name: str = "net", *, feeds: dict[str, Feed] | None = None,
               seed: int = 0) -> GeneratedNet:
     """Write ``text`` as ``<name>.prototxt`` and random weights as ``<name>.caffemodel`` in ``directory``."""
     directory = Path(directory)
-    net_param = text_format.Parse(text, caffe_pb2.NetParameter())
+    net_param = parse(text)
     feeds = dict(feeds or {})
     generated = GeneratedNet(name, directory / f"{name}.prototxt", directory / f"{name}.caffemodel", feeds)
     write_text(generated.prototxt, net_param)
@@ -389,5 +396,24 @@ layer { name: "val_axis" type: "ArgMax" bottom: "d" top: "val_axis" argmax_param
 layer { name: "embed" type: "Embed" bottom: "words" top: "embed" embed_param { num_output: 4 input_dim: 10 } }
 layer { name: "embed_nobias" type: "Embed" bottom: "words" top: "embed_nobias"
   embed_param { num_output: 3 input_dim: 10 bias_term: false } }
+"""),
+    # Interp (a fork's interp_param) to a given height/width, by a zoom factor, and to a single row.
+    "interp": _spec({"data": Feed((2, 3, 5, 7))}, """
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "to_size" type: "Interp" bottom: "conv" top: "to_size" interp_param { height: 9 width: 4 } }
+layer { name: "zoom" type: "Interp" bottom: "to_size" top: "zoom" interp_param { zoom_factor: 3 } }
+layer { name: "one_row" type: "Interp" bottom: "conv" top: "one_row" interp_param { height: 1 width: 11 } }
+"""),
+    # Upsample: nearest by an integer scale (OpenCV cannot create it).
+    "upsample": _spec({"data": Feed((2, 3, 7, 6))}, """
+layer { name: "up" type: "Upsample" bottom: "data" top: "up" upsample_param { scale: 2 } }
+layer { name: "up3" type: "Upsample" bottom: "up" top: "up3" upsample_param { scale: 3 } }
+"""),
+    # Interp forms OpenCV ignores: shrink_factor, negative pads (a crop), shrink then zoom.
+    "interp_caffe": _spec({"data": Feed((2, 3, 7, 6))}, """
+layer { name: "split" type: "Split" bottom: "data" top: "b" top: "c" top: "d" }
+layer { name: "shrink" type: "Interp" bottom: "b" top: "shrink" interp_param { shrink_factor: 2 } }
+layer { name: "crop_zoom" type: "Interp" bottom: "c" top: "crop_zoom" interp_param { zoom_factor: 2 pad_beg: -1 pad_end: -2 } }
+layer { name: "shrink_zoom" type: "Interp" bottom: "d" top: "shrink_zoom" interp_param { shrink_factor: 3 zoom_factor: 2 } }
 """),
 }

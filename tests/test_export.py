@@ -13,11 +13,12 @@ from google.protobuf import text_format
 from caffe_surgery import caffe_pb2, layers
 from caffe_surgery.errors import UnsupportedLayerError
 from caffe_surgery.graph import build_net
+from caffe_surgery.layers.resize import interp_geometry
 from caffe_surgery.model import load_model
 from caffe_surgery.onnx_export import export_onnx, graph_outputs, save_onnx, supported_types, tensor_names
 from caffe_surgery.shapes import infer_shapes
 from conftest import REAL_MODELS
-from netgen import CORPUS, generate
+from netgen import CORPUS, generate, parse
 from opencv_layers import fork_layers
 import ssd_reference
 
@@ -112,7 +113,7 @@ def test_real_model_matches_opencv(directory):
 
 def corpus_departures(name: str) -> list[layers.Departure]:
     """Where OpenCV departs from Caffe on the corpus net, as the layer declarations record it."""
-    net = build_net(text_format.Parse(CORPUS[name].text, caffe_pb2.NetParameter()))
+    net = build_net(parse(CORPUS[name].text))
     return [d for layer in net.layers for d in layers.lookup(layer.type).departures_for(layer)]
 
 
@@ -130,7 +131,7 @@ def test_corpus_has_nets_for_both_references():
 
 def test_corpus_covers_every_exportable_layer_type():
     used = {layer.type for spec in CORPUS.values()
-            for layer in text_format.Parse(spec.text, caffe_pb2.NetParameter()).layer}
+            for layer in parse(spec.text).layer}
     assert layers.types_of_kind(layers.DATA) - {"Input"} == set(DATA_PARAMS)  # tested by test_data_layers_become_inputs...
     assert set(supported_types()) - set(DATA_PARAMS) <= used
 
@@ -319,10 +320,41 @@ def ref_embed(layer, x):
     return out + layer.blobs[1] if layer.param.embed_param.bias_term else out
 
 
+def ref_upsample(layer, x):
+    """darknet2caffe: output (y, x) is input (y // scale, x // scale)."""
+    scale = layer.param.upsample_param.scale
+    return np.repeat(np.repeat(x, scale, axis=2), scale, axis=3)
+
+
+def ref_interp(layer, x):
+    """PSPNet's caffe_cpu_interp2 (align corners) on the input cut at -pad_beg to its effective size;
+    the ratios and weights in float32 as Caffe computes them."""
+    pad_beg, height, width, out_h, out_w = interp_geometry(layer, x.shape)
+    source = x[:, :, -pad_beg:-pad_beg + height, -pad_beg:-pad_beg + width]
+    if (out_h, out_w) == (height, width):
+        return source.copy()
+
+    def taps(size_in, size_out):
+        ratio = np.float32((size_in - 1) / (size_out - 1)) if size_out > 1 else np.float32(0)
+        position = ratio * np.arange(size_out, dtype=np.float32)
+        low = position.astype(int)
+        step = (low < size_in - 1).astype(int)
+        weight = (position - low).astype(np.float32)
+        return low, low + step, weight
+
+    h0, h1, wh = taps(height, out_h)
+    w0, w1, ww = taps(width, out_w)
+    wh, ww = wh[:, None], ww[None, :]
+    top = (1 - ww) * source[:, :, h0][:, :, :, w0] + ww * source[:, :, h0][:, :, :, w1]
+    bottom = (1 - ww) * source[:, :, h1][:, :, :, w0] + ww * source[:, :, h1][:, :, :, w1]
+    return (1 - wh) * top + wh * bottom
+
+
 REFERENCES = {
     "Pooling": ref_pooling, "Deconvolution": ref_deconvolution, "Log": ref_log, "LRN": ref_lrn, "MVN": ref_mvn,
     "Scale": ref_scale, "Bias": ref_bias, "InnerProduct": ref_inner_product, "Tile": ref_tile,
-    "Reduction": ref_reduction, "ArgMax": ref_argmax, "Embed": ref_embed,
+    "Reduction": ref_reduction, "ArgMax": ref_argmax, "Embed": ref_embed, "Upsample": ref_upsample,
+    "Interp": ref_interp,
     "Threshold": lambda layer, x: (x > layer.param.threshold_param.threshold).astype(np.float32),
 }
 

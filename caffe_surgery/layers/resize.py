@@ -112,9 +112,12 @@ def _cropped(ctx: LayerContext) -> str:
 
 
 def interp(ctx: LayerContext) -> None:
-    """Crop to the effective input, then ONNX Resize to the output size, linear with align_corners."""
-    sizes = ctx.ints(list(ctx.top_shape()), "sizes")
-    ctx.node("Resize", [_cropped(ctx), "", "", sizes], ctx.top(), mode="linear",
+    """Crop to the effective input, then ONNX Resize to the output size, linear with align_corners
+    (the sizes take N and C from the input, so a dynamic batch keeps its batch)."""
+    source = _cropped(ctx)
+    batch_channels = ctx.node("Slice", [ctx.node("Shape", [source]), ctx.ints([0], "from"), ctx.ints([2], "to")])
+    sizes = ctx.node("Concat", [batch_channels, ctx.ints(list(ctx.top_shape()[2:]), "size")], axis=0)
+    ctx.node("Resize", [source, "", "", sizes], ctx.top(), mode="linear",
              coordinate_transformation_mode="align_corners")
 
 

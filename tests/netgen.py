@@ -169,6 +169,14 @@ def _spec(feeds: dict[str, Feed], layers: str) -> NetSpec:
     return NetSpec("".join(_input(name, feed.shape) for name, feed in feeds.items()) + layers, feeds)
 
 
+def _unary(feed: Feed, types: list[str]) -> NetSpec:
+    """One layer of each type, each on its own copy of the input (so no error of one reaches another)."""
+    copies = " ".join(f'top: "x{i}"' for i in range(len(types)))
+    return _spec({"data": feed}, f'layer {{ name: "split" type: "Split" bottom: "data" {copies} }}\n' + "".join(
+        f'layer {{ name: "{kind.lower()}" type: "{kind}" bottom: "x{i}" top: "{kind.lower()}" }}\n'
+        for i, kind in enumerate(types)))
+
+
 CORPUS: dict[str, NetSpec] = {
     # Convolutions (pad, stride, dilation, groups, _h/_w forms, no bias), MAX pooling with ceil
     # rounding and padding, InnerProduct on axis 1, in-place ReLU with a negative slope, Dropout, Softmax.
@@ -396,6 +404,45 @@ layer { name: "val_axis" type: "ArgMax" bottom: "d" top: "val_axis" argmax_param
 layer { name: "embed" type: "Embed" bottom: "words" top: "embed" embed_param { num_output: 4 input_dim: 10 } }
 layer { name: "embed_nobias" type: "Embed" bottom: "words" top: "embed_nobias"
   embed_param { num_output: 3 input_dim: 10 bias_term: false } }
+"""),
+    # The parameterless element-wise types OpenCV's importer accepts, on values in [-8, 8) (ReLU6 clips at 6).
+    "unary": _unary(Feed((2, 3, 4, 5), -8.0, 8.0), [
+        "ReLU6", "Mish", "HardSwish", "HardSigmoid", "Softplus", "Softsign", "Selu", "Celu", "Gelu",
+        "GeluApproximation", "Erf", "Ceil", "Floor", "Round", "Sign", "Identity", "Atan", "Asinh", "Sin", "Cos",
+        "Sinh", "Cosh", "ThresholdedRelu", "Shrink", "Swish"]),
+    # ... those defined inside (-1, 1) (Tan kept away from its poles), and those needing values above 1.
+    "unary_unit": _unary(Feed((2, 3, 4, 5), -0.95, 0.95), ["Acos", "Asin", "Atanh", "Tan"]),
+    "unary_positive": _unary(Feed((2, 3, 4, 5), 1.05, 4.0), ["Acosh", "Sqrt", "Reciprocal"]),
+    # Clip; Swish with a beta (OpenCV ignores it).
+    "clip": _spec({"data": Feed((2, 3, 4, 5))}, """
+layer { name: "clip" type: "Clip" bottom: "data" top: "clip" clip_param { min: -0.5 max: 0.7 } }
+"""),
+    "swish_beta": _spec({"data": Feed((2, 3, 4, 5))}, """
+layer { name: "swish" type: "Swish" bottom: "data" top: "swish" swish_param { beta: 1.7 } }
+"""),
+    # MobileNet/ShuffleNet forks: ConvolutionDepthwise, ReLU6, ShuffleChannel (a fork param), and the
+    # spellings OpenCV also accepts: SoftMax, ChannelsPReLU, NormalizeBBox.
+    "mobile_forks": _spec({"data": Feed((2, 6, 7, 6))}, """
+layer { name: "dw" type: "ConvolutionDepthwise" bottom: "data" top: "dw"
+  convolution_param { num_output: 6 group: 6 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "relu6" type: "ReLU6" bottom: "dw" top: "dw" }
+layer { name: "pw" type: "Convolution" bottom: "dw" top: "pw" convolution_param { num_output: 12 kernel_size: 1 } }
+layer { name: "shuffle" type: "ShuffleChannel" bottom: "pw" top: "shuffle" shuffle_channel_param { group: 3 } }
+layer { name: "prelu" type: "ChannelsPReLU" bottom: "shuffle" top: "prelu" }
+layer { name: "norm" type: "NormalizeBBox" bottom: "prelu" top: "norm"
+  norm_param { across_spatial: false channel_shared: false } }
+layer { name: "prob" type: "SoftMax" bottom: "norm" top: "prob" softmax_param { axis: 1 } }
+"""),
+    # SoftMax without an axis: Caffe's axis 1 (OpenCV takes the last axis).
+    "softmax_spelling": _spec({"data": Feed((2, 5, 3, 4))}, """
+layer { name: "prob" type: "SoftMax" bottom: "data" top: "prob" }
+"""),
+    # DepthwiseConvolution (OpenCV cannot create it), with stride, padding and a channel multiplier.
+    "depthwise_fork": _spec({"data": Feed((2, 4, 7, 6))}, """
+layer { name: "dw" type: "DepthwiseConvolution" bottom: "data" top: "dw"
+  convolution_param { num_output: 4 group: 4 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "dw2" type: "DepthwiseConvolution" bottom: "dw" top: "dw2"
+  convolution_param { num_output: 8 group: 4 kernel_size: 2 bias_term: false } }
 """),
     # Interp (a fork's interp_param) to a given height/width, by a zoom factor, and to a single row.
     "interp": _spec({"data": Feed((2, 3, 5, 7))}, """

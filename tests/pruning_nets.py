@@ -68,6 +68,13 @@ NETS = {
     + 'layer { name: "excite" type: "Scale" bottom: "conv3" bottom: "gate_flat" top: "excite" '
       'scale_param { axis: 0 bias_term: false } }\n'
     + conv("out", "excite", 4),
+    # MobileNet/ShuffleNet forks: a depthwise alias follows its input's channels (DepthwiseConvolution shares
+    # its declaration; OpenCV cannot create it), ReLU6 and the unary types carry them, ShuffleChannel pins.
+    "mobile_forks": INPUT.format(n=2, c=3, h=8, w=8) + conv("conv1", "data", 6) + simple("ReLU6", "relu6", "conv1")
+    + conv("dw", "conv1", 6, group=6).replace('"Convolution"', '"ConvolutionDepthwise"') + simple("HardSwish", "hswish", "dw")
+    + conv("pw", "dw", 8, 1, 0) + simple("Mish", "mish", "pw")
+    + conv("dw2", "pw", 8, group=8) + conv("pw2", "dw2", 6, 1, 0)
+    + simple("ShuffleChannel", "shuffle", "pw2", "shuffle", "shuffle_channel_param { group: 2 }") + conv("out", "shuffle", 4),
 }
 
 

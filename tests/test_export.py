@@ -320,6 +320,24 @@ def ref_embed(layer, x):
     return out + layer.blobs[1] if layer.param.embed_param.bias_term else out
 
 
+def ref_convolution(layer, x):
+    """Caffe's grouped convolution, window by window (square kernel, stride and pad, no dilation)."""
+    p = layer.param.convolution_param
+    weight = layer.blobs[0]
+    k, s, pad = p.kernel_size[0], (p.stride or [1])[0], (p.pad or [0])[0]
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    n, channels, height, width = padded.shape
+    out = np.zeros((n, p.num_output, (height - k) // s + 1, (width - k) // s + 1))
+    per_in, per_out = channels // p.group, p.num_output // p.group
+    for g in range(p.group):
+        w_g = weight[g * per_out:(g + 1) * per_out]
+        for i in range(out.shape[2]):
+            for j in range(out.shape[3]):
+                window = padded[:, g * per_in:(g + 1) * per_in, i * s:i * s + k, j * s:j * s + k]
+                out[:, g * per_out:(g + 1) * per_out, i, j] = np.einsum("nchw,ochw->no", window, w_g)
+    return out + layer.blobs[1].reshape(1, -1, 1, 1) if p.bias_term else out
+
+
 def ref_upsample(layer, x):
     """darknet2caffe: output (y, x) is input (y // scale, x // scale)."""
     scale = layer.param.upsample_param.scale
@@ -354,7 +372,10 @@ REFERENCES = {
     "Pooling": ref_pooling, "Deconvolution": ref_deconvolution, "Log": ref_log, "LRN": ref_lrn, "MVN": ref_mvn,
     "Scale": ref_scale, "Bias": ref_bias, "InnerProduct": ref_inner_product, "Tile": ref_tile,
     "Reduction": ref_reduction, "ArgMax": ref_argmax, "Embed": ref_embed, "Upsample": ref_upsample,
-    "Interp": ref_interp,
+    "Interp": ref_interp, "DepthwiseConvolution": ref_convolution,
+    "Clip": lambda layer, x: np.clip(x, layer.param.clip_param.min, layer.param.clip_param.max),
+    "SoftMax": lambda layer, x: np.exp(x) / np.exp(x).sum(axis=layer.param.softmax_param.axis, keepdims=True),
+    "Swish": lambda layer, x: x / (1 + np.exp(-layer.param.swish_param.beta * x.astype(np.float64))),
     "Threshold": lambda layer, x: (x > layer.param.threshold_param.threshold).astype(np.float32),
 }
 

@@ -421,7 +421,7 @@ layer { name: "clip" type: "Clip" bottom: "data" top: "clip" clip_param { min: -
 layer { name: "swish" type: "Swish" bottom: "data" top: "swish" swish_param { beta: 1.7 } }
 """),
     # MobileNet/ShuffleNet forks: ConvolutionDepthwise, ReLU6, ShuffleChannel (a fork param), and the
-    # spellings OpenCV also accepts: SoftMax, ChannelsPReLU, NormalizeBBox.
+    # spellings OpenCV also accepts: SoftMax, ChannelsPReLU (and NormalizeBBox, not trainable, on its own).
     "mobile_forks": _spec({"data": Feed((2, 6, 7, 6))}, """
 layer { name: "dw" type: "ConvolutionDepthwise" bottom: "data" top: "dw"
   convolution_param { num_output: 6 group: 6 kernel_size: 3 pad: 1 stride: 2 } }
@@ -429,9 +429,11 @@ layer { name: "relu6" type: "ReLU6" bottom: "dw" top: "dw" }
 layer { name: "pw" type: "Convolution" bottom: "dw" top: "pw" convolution_param { num_output: 12 kernel_size: 1 } }
 layer { name: "shuffle" type: "ShuffleChannel" bottom: "pw" top: "shuffle" shuffle_channel_param { group: 3 } }
 layer { name: "prelu" type: "ChannelsPReLU" bottom: "shuffle" top: "prelu" }
-layer { name: "norm" type: "NormalizeBBox" bottom: "prelu" top: "norm"
+layer { name: "prob" type: "SoftMax" bottom: "prelu" top: "prob" softmax_param { axis: 1 } }
+"""),
+    "normalize_bbox": _spec({"data": Feed((2, 6, 4, 3))}, """
+layer { name: "norm" type: "NormalizeBBox" bottom: "data" top: "norm"
   norm_param { across_spatial: false channel_shared: false } }
-layer { name: "prob" type: "SoftMax" bottom: "norm" top: "prob" softmax_param { axis: 1 } }
 """),
     # SoftMax without an axis: Caffe's axis 1 (OpenCV takes the last axis).
     "softmax_spelling": _spec({"data": Feed((2, 5, 3, 4))}, """

@@ -6,15 +6,17 @@ import re
 import numpy as np
 import pytest
 
-from caffe_surgery import caffe_pb2, textproto
+from caffe_surgery import caffe_pb2, layers, textproto
 from caffe_surgery.cli import main
 from caffe_surgery.errors import ShapeError
-from caffe_surgery.graph import build_net
+from caffe_surgery.graph import TEST, TRAIN, build_net
 from caffe_surgery.layers.fork_params import fork_param
 from caffe_surgery.layers.resize import INTERP_DEFAULTS, interp_param
 from caffe_surgery.model import load_model
+from caffe_surgery.runtime import Runtime
 from caffe_surgery.shapes import infer_shapes
 from conftest import REAL_MODELS, REAL_PAIRS
+from netgen import generate
 
 YOLO = REAL_MODELS / "yoloface500k_v2"
 
@@ -107,3 +109,46 @@ layer {{ name: "resize" type: "Interp" bottom: "data" top: "resize" {param} }}
 def test_a_fork_param_given_only_in_binary_form_reads_as_its_defaults():
     layer = caffe_pb2.LayerParameter(name="x", type="Interp")
     assert fork_param(layer, "interp_param", INTERP_DEFAULTS).values == INTERP_DEFAULTS
+
+
+# ------------------------------------------------------------------ the torch ops of the new types
+
+NEW_TYPE_NETS = ["unary", "unary_unit", "unary_positive", "clip", "swish_beta", "softmax_spelling", "mobile_forks",
+                 "depthwise_fork", "interp", "interp_caffe", "upsample"]
+"""Corpus nets of the types added for forks and OpenCV (their exports are checked against OpenCV or numpy)."""
+
+
+@pytest.mark.parametrize("name", NEW_TYPE_NETS)
+def test_torch_ops_of_the_new_types_match_their_export(name, tmp_path):
+    torch = pytest.importorskip("torch")
+    from caffe_surgery.train import TorchNet
+    generated = generate(name, tmp_path)
+    model = load_model(generated.prototxt, generated.caffemodel)
+    taps = [top for layer in model.net.layers if not layers.is_data(layer.type) for top in layer.tops]
+    feeds = generated.inputs(np.random.default_rng(3))
+    expected = Runtime(model.net, model.shapes, taps=taps, device="cpu").run(feeds)
+    got = TorchNet(model.net, model.shapes, TEST)({k: torch.from_numpy(v) for k, v in feeds.items()})
+    for top in taps:
+        reference = expected[top.key]
+        tolerance = 1e-4 * max(1.0, float(np.abs(reference).max()))
+        assert np.abs(got[top.key].detach().numpy() - reference).max() <= tolerance, top.key
+
+
+def test_yolo_trains_through_upsample_and_the_se_gate():
+    """The real YOLO net in torch: its forward matches onnxruntime, and a loss on its heads reaches the
+    first convolution through the Upsample and the SE blocks' 2-bottom Scale."""
+    torch = pytest.importorskip("torch")
+    from caffe_surgery.train import TorchNet
+    model = load_model(YOLO / "yoloface-500k-v2.prototxt", YOLO / "yoloface-500k-v2.caffemodel")
+    x = np.random.default_rng(0).random(model.shapes.blob(model.net.layers[0].tops[0])).astype(np.float32)
+    heads = [o.key for o in model.net.outputs()]
+    expected = Runtime(model.net, model.shapes, device="cpu").run({"data": x})
+    torch_net = TorchNet(model.net, model.shapes, TRAIN)
+    got = TorchNet(model.net, model.shapes, TEST)({"data": torch.from_numpy(x)})
+    for key in heads:
+        tolerance = 1e-4 * max(1.0, float(np.abs(expected[key]).max()))
+        assert np.abs(got[key].detach().numpy() - expected[key]).max() <= tolerance, key
+    values = torch_net({"data": torch.from_numpy(x)})
+    sum(values[key].square().mean() for key in heads).backward()
+    first = torch_net.layer_blobs["layer1-conv"][0]
+    assert first.grad is not None and torch.isfinite(first.grad).all() and first.grad.abs().sum() > 0

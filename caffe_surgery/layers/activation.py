@@ -268,7 +268,12 @@ _SAME_NAME = ("Ceil", "Floor", "Round", "Sqrt", "Sign", "Reciprocal", "Erf", "So
               "Asin", "Asinh", "Atan", "Atanh", "Cos", "Cosh", "Sin", "Sinh", "Tan")
 """Types that are the ONNX op and the torch function of the same name."""
 
-UNARY = tuple(Unary(name, onnx_op(name), lambda torch, x, fn=name.lower(): getattr(torch, fn)(x))
+def _same_name(torch, x, fn: str):
+    """torch's function ``fn`` (softplus and softsign live in torch.nn.functional)."""
+    return (getattr(torch, fn, None) or getattr(torch.nn.functional, fn))(x)
+
+
+UNARY = tuple(Unary(name, onnx_op(name), lambda torch, x, fn=name.lower(): _same_name(torch, x, fn))
               for name in _SAME_NAME) + (
     Unary("ReLU6", _relu6, lambda torch, x: torch.clamp(x, 0.0, 6.0)),
     Unary("Mish", _mish, lambda torch, x: torch.nn.functional.mish(x)),

@@ -152,3 +152,31 @@ def test_yolo_trains_through_upsample_and_the_se_gate():
     sum(values[key].square().mean() for key in heads).backward()
     first = torch_net.layer_blobs["layer1-conv"][0]
     assert first.grad is not None and torch.isfinite(first.grad).all() and first.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ bad input, one line each
+
+@pytest.mark.parametrize("layer, problem", [
+    ('type: "Upsample" bottom: "data" bottom: "mask" top: "out" upsample_param { scale: 2 }',
+     "out: Upsample takes 1 bottoms, got 2"),
+    ('type: "Upsample" bottom: "data" top: "out" upsample_param { scale: 0 }',
+     "out: upsample_param.scale must be at least 1, got 0"),
+    ('type: "ShuffleChannel" bottom: "data" top: "out" shuffle_channel_param { group: 4 }',
+     "out: the 6 channels of (1, 6, 3, 4) do not split into 4 groups"),
+])
+def test_bad_fork_layers_stop_with_one_line(layer, problem, tmp_path, capsys):
+    prototxt = tmp_path / "bad.prototxt"
+    prototxt.write_text('layer { name: "data" type: "Input" top: "data" top: "mask" input_param { '
+                        'shape { dim: 1 dim: 6 dim: 3 dim: 4 } shape { dim: 1 dim: 6 dim: 3 dim: 4 } } }\n'
+                        f'layer {{ name: "out" {layer} }}\n')
+    code, _, err = run(capsys, "info", prototxt)
+    assert code == 1
+    assert err.strip().splitlines() == [f"error: {prototxt}: {problem}"]
+
+
+def test_compare_on_opencv_says_when_opencv_cannot_run_the_net(capsys):
+    net, weights = YOLO / "yoloface-500k-v2.prototxt", YOLO / "yoloface-500k-v2.caffemodel"
+    code, _, err = run(capsys, "compare", "--backend", "opencv", net, weights, net, weights)
+    assert code == 1
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: {net}: OpenCV cannot run this net: ") and '"Upsample"' in line

@@ -409,7 +409,7 @@ layer { name: "embed_nobias" type: "Embed" bottom: "words" top: "embed_nobias"
     "unary": _unary(Feed((2, 3, 4, 5), -8.0, 8.0), [
         "ReLU6", "Mish", "HardSwish", "HardSigmoid", "Softplus", "Softsign", "Selu", "Celu", "Gelu",
         "GeluApproximation", "Erf", "Ceil", "Floor", "Round", "Sign", "Identity", "Atan", "Asinh", "Sin", "Cos",
-        "Sinh", "Cosh", "ThresholdedRelu", "Shrink", "Swish"]),
+        "Sinh", "Cosh", "ThresholdedRelu", "Shrink", "Swish", "Not"]),
     # ... those defined inside (-1, 1) (Tan kept away from its poles), and those needing values above 1.
     "unary_unit": _unary(Feed((2, 3, 4, 5), -0.95, 0.95), ["Acos", "Asin", "Atanh", "Tan"]),
     "unary_positive": _unary(Feed((2, 3, 4, 5), 1.05, 4.0), ["Acosh", "Sqrt", "Reciprocal"]),

@@ -256,6 +256,11 @@ def _gelu_tanh(ctx: LayerContext) -> None:
     ctx.node("Mul", [ctx.scaled(x, 0.5, hint="half"), ctx.shifted(tanh, 1.0, hint="one")], ctx.top())
 
 
+def _not(ctx: LayerContext) -> None:
+    """OpenCV's Not on floats: floor(1 - x) (1 for 0, 0 for 1)."""
+    ctx.node("Floor", [ctx.node("Sub", [ctx.const(1.0, "one"), ctx.bottom()])], ctx.top())
+
+
 def _thresholded(torch, x):
     return torch.where(x > 1.0, x, torch.zeros_like(x))
 
@@ -286,6 +291,7 @@ UNARY = tuple(Unary(name, onnx_op(name), lambda torch, x, fn=name.lower(): _same
     Unary("ThresholdedRelu", onnx_op("ThresholdedRelu", alpha=1.0), _thresholded),
     Unary("Shrink", onnx_op("Shrink", bias=0.0, lambd=0.5), _shrink),
     Unary("Identity", onnx_op("Identity"), lambda torch, x: x),
+    Unary("Not", _not, lambda torch, x: torch.floor(1 - x)),
 )
 """The parameterless unary types, with OpenCV's default parameters (Caffe's schema has no param message
 for them): HardSigmoid alpha 0.2, beta 0.5; Selu's and Celu's standard constants; ThresholdedRelu alpha 1;

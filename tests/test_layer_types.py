@@ -10,6 +10,7 @@ from caffe_surgery import caffe_pb2, layers, textproto
 from caffe_surgery.cli import main
 from caffe_surgery.errors import ShapeError
 from caffe_surgery.graph import TEST, TRAIN, build_net
+from caffe_surgery.groups import build_groups
 from caffe_surgery.layers.fork_params import fork_param
 from caffe_surgery.layers.resize import INTERP_DEFAULTS, interp_param
 from caffe_surgery.model import load_model
@@ -17,6 +18,8 @@ from caffe_surgery.runtime import Runtime
 from caffe_surgery.shapes import infer_shapes
 from conftest import REAL_MODELS, REAL_PAIRS
 from netgen import generate
+from pruning_nets import NETS
+from pruning_nets import random_weights as pruning_net
 
 YOLO = REAL_MODELS / "yoloface500k_v2"
 
@@ -180,3 +183,12 @@ def test_compare_on_opencv_says_when_opencv_cannot_run_the_net(capsys):
     assert code == 1
     (line,) = err.strip().splitlines()
     assert line.startswith(f"error: {net}: OpenCV cannot run this net: ") and '"Upsample"' in line
+
+
+def test_shuffle_channel_pins_what_it_interleaves_and_group_one_carries():
+    net, shapes = pruning_net(NETS["mobile_forks"], 0)
+    groups = build_groups(net, shapes)
+    assert groups.of_layer("pw2").pinned == ["ShuffleChannel 'shuffle' interleaves its 2 channel groups"]
+    assert groups.of_layer("conv1").prunable and groups.of_layer("pw").prunable  # through ReLU6, depthwise aliases
+    net, shapes = pruning_net(NETS["mobile_forks"].replace("group: 2 }", "group: 1 }"), 0)
+    assert build_groups(net, shapes).of_layer("pw2").prunable

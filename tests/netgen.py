@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import text_format
 
 from caffe_surgery import caffe_pb2, textproto
 from caffe_surgery.blobs import array_to_blob

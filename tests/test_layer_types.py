@@ -17,7 +17,7 @@ from caffe_surgery.model import load_model
 from caffe_surgery.runtime import Runtime
 from caffe_surgery.shapes import infer_shapes
 from conftest import REAL_MODELS, REAL_PAIRS
-from netgen import generate
+from netgen import Feed, generate, write_net
 from pruning_nets import NETS
 from pruning_nets import random_weights as pruning_net
 
@@ -117,15 +117,24 @@ def test_a_fork_param_given_only_in_binary_form_reads_as_its_defaults():
 # ------------------------------------------------------------------ the torch ops of the new types
 
 NEW_TYPE_NETS = ["unary", "unary_unit", "unary_positive", "clip", "swish_beta", "softmax_spelling", "mobile_forks",
-                 "depthwise_fork", "interp", "interp_caffe", "upsample"]
-"""Corpus nets of the types added for forks and OpenCV (their exports are checked against OpenCV or numpy)."""
+                 "depthwise_fork", "interp", "interp_caffe", "upsample", "activations", "power_exp"]
+"""Corpus nets of the types added for forks and OpenCV, and of the element-wise BVLC types given torch ops
+with them (their exports are checked against OpenCV or numpy)."""
 
 
-@pytest.mark.parametrize("name", NEW_TYPE_NETS)
+LOG_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }
+layer { name: "log" type: "Log" bottom: "data" top: "log" log_param { base: 3 scale: 2 shift: 0.5 } }
+layer { name: "log_e" type: "Log" bottom: "log" top: "log_e" log_param { shift: 2 } }
+"""
+
+
+@pytest.mark.parametrize("name", NEW_TYPE_NETS + ["log"])
 def test_torch_ops_of_the_new_types_match_their_export(name, tmp_path):
     torch = pytest.importorskip("torch")
     from caffe_surgery.train import TorchNet
-    generated = generate(name, tmp_path)
+    generated = (write_net(LOG_NET, tmp_path, feeds={"data": Feed((2, 3, 4, 5), 0.2, 2.0)}) if name == "log"
+                 else generate(name, tmp_path))
     model = load_model(generated.prototxt, generated.caffemodel)
     taps = [top for layer in model.net.layers if not layers.is_data(layer.type) for top in layer.tops]
     feeds = generated.inputs(np.random.default_rng(3))

@@ -144,6 +144,32 @@ def _swish_op(layer, bottoms, phase):
     return lambda x, blobs: [x[0] * torch.sigmoid(beta * x[0])]
 
 
+def _elu_op(layer, bottoms, phase):
+    import torch.nn.functional as F
+    alpha = layer.param.elu_param.alpha
+    return lambda x, blobs: [F.elu(x[0], alpha)]
+
+
+def _power_op(layer, bottoms, phase):
+    p = layer.param.power_param
+    return lambda x, blobs: [(p.shift + p.scale * x[0]) ** p.power]
+
+
+def _exp_op(layer, bottoms, phase):
+    """base ^ (shift + scale * x) = exp(ln(base) * (shift + scale * x))."""
+    import torch
+    p = layer.param.exp_param
+    log_base = _log_base(p.base)
+    return lambda x, blobs: [torch.exp(log_base * (p.shift + p.scale * x[0]))]
+
+
+def _log_op(layer, bottoms, phase):
+    import torch
+    p = layer.param.log_param
+    log_base = _log_base(p.base)
+    return lambda x, blobs: [torch.log(p.shift + p.scale * x[0]) / log_base]
+
+
 def _prelu_op(layer, bottoms, phase):
     import torch.nn.functional as F
     return lambda x, blobs: [F.prelu(x[0], blobs[0].reshape(-1))]
@@ -161,6 +187,14 @@ def _dropout_op(layer, bottoms, phase):
         keep = torch.rand_like(x[0]) >= ratio
         return [x[0] * keep * scale]
     return run
+
+
+def _torch_unary(fn: Callable) -> Callable:
+    """The train op of an element-wise type computed by ``fn(torch_module, x)``."""
+    def op(layer, bottoms, phase):
+        import torch
+        return lambda x, blobs: [fn(torch, x[0])]
+    return op
 
 
 def _prelu_fillers(layer: Layer) -> list:
@@ -189,14 +223,16 @@ declare(
     _elementwise("ReLU", relu, Train(_relu_op)),
     _elementwise("Sigmoid", unary, Train(_sigmoid_op)),
     _elementwise("TanH", unary, Train(_tanh_op)),
-    _elementwise("AbsVal", unary),
-    _elementwise("BNLL", unary),
-    _elementwise("ELU", elu),
+    _elementwise("AbsVal", unary, Train(_torch_unary(lambda torch, x: torch.abs(x)))),
+    _elementwise("BNLL", unary, Train(_torch_unary(lambda torch, x: torch.nn.functional.softplus(x)))),
+    _elementwise("ELU", elu, Train(_elu_op)),
     _elementwise("Dropout", dropout, Train(_dropout_op)),
-    _elementwise("Power", power),
-    _elementwise("Exp", exp),
-    _elementwise("Log", log, departures=(Departure("OpenCV's Log ignores base, scale and shift", _log_departs),)),
-    _elementwise("Threshold", threshold, departures=(Departure("OpenCV has no Threshold layer"),)),
+    _elementwise("Power", power, Train(_power_op)),
+    _elementwise("Exp", exp, Train(_exp_op)),
+    _elementwise("Log", log, Train(_log_op),
+                 departures=(Departure("OpenCV's Log ignores base, scale and shift", _log_departs),)),
+    _elementwise("Threshold", threshold, NotApplicable("a step: its gradient is zero almost everywhere"),
+                 departures=(Departure("OpenCV has no Threshold layer"),)),
     _elementwise("Clip", clip, Train(_clip_op), departures=(Departure("OpenCV has no Clip layer"),)),
     _elementwise("Swish", swish, Train(_swish_op),
                  departures=(Departure("OpenCV's Swish ignores swish_param.beta",
@@ -296,13 +332,6 @@ UNARY = tuple(Unary(name, onnx_op(name), lambda torch, x, fn=name.lower(): _same
 """The parameterless unary types, with OpenCV's default parameters (Caffe's schema has no param message
 for them): HardSigmoid alpha 0.2, beta 0.5; Selu's and Celu's standard constants; ThresholdedRelu alpha 1;
 Shrink bias 0, lambd 0.5."""
-
-
-def _torch_unary(fn: Callable) -> Callable:
-    def op(layer, bottoms, phase):
-        import torch
-        return lambda x, blobs: [fn(torch, x[0])]
-    return op
 
 
 declare(*(_elementwise(u.name, u.export, Train(_torch_unary(u.torch))) for u in UNARY))

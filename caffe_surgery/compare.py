@@ -13,10 +13,12 @@ DetectionOutput, relative error and cosine otherwise) come with them.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import CaffeSurgeryError
 from .graph import Net
 
 DIVERGENCE = 1e-4
@@ -70,12 +72,17 @@ def run_onnxruntime(net: Net, shapes, names: list[str], inputs: np.ndarray, runt
 
 
 def run_opencv(net: Net, prototxt: str, weights: str, names: list[str], inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """The named blobs as OpenCV's Caffe importer computes them (asked for by the layer that last wrote them)."""
+    """The named blobs as OpenCV's Caffe importer computes them (asked for by the layer that last wrote them);
+    a net OpenCV cannot run (a fork type it lacks, such as Upsample) is one line naming OpenCV's reason."""
     import cv2
 
-    loaded = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
-    loaded.setInput(inputs)
-    return dict(zip(names, loaded.forward([net.final(name).producer for name in names])))
+    try:
+        loaded = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+        loaded.setInput(inputs)
+        return dict(zip(names, loaded.forward([net.final(name).producer for name in names])))
+    except cv2.error as exc:
+        reason = re.sub(r"^.*? error: \([^)]*\)\s*", "", str(exc).strip().splitlines()[0])
+        raise CaffeSurgeryError(f"OpenCV cannot run this net: {reason}", file=str(prototxt)) from None
 
 
 def compare(a_values: dict[str, np.ndarray], b_values: dict[str, np.ndarray], names: list[str]) -> list[BlobDifference]:

@@ -101,7 +101,7 @@ def _scaled_outputs(layer: Layer, weight: np.ndarray, a: np.ndarray) -> np.ndarr
     if layer.type == "InnerProduct":
         return weight * (a if layer.param.inner_product_param.transpose else a[:, None])
     ones = (1,) * (weight.ndim - 2)
-    if layer.type == "Convolution":
+    if layer.type != "Deconvolution":  # Convolution and its depthwise aliases: outputs lead the weight
         return weight * a.reshape((-1, 1) + ones)
     group = layer.param.convolution_param.group
     grouped = weight.reshape((group, weight.shape[0] // group) + weight.shape[1:])

@@ -33,6 +33,7 @@ REAL_PAIRS = [
     ("ultraface_slim320", "slim-320.prototxt", "slim-320.caffemodel"),
     ("landmark106_dq", "landmark106.prototxt", "landmark106.caffemodel"),
     ("yufacedetectnet_v1", "yufacedetectnet-open-v1.prototxt", "yufacedetectnet-open-v1.caffemodel"),
+    ("yoloface500k_v2", "yoloface-500k-v2.prototxt", "yoloface-500k-v2.caffemodel"),
 ]
 
 # marker -> (folder, how to get it)

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import text_format
 
-from caffe_surgery import caffe_pb2
+from caffe_surgery import caffe_pb2, textproto
 from caffe_surgery.blobs import array_to_blob
 from caffe_surgery.graph import build_net
 from caffe_surgery.io import write_binary, write_text
@@ -131,11 +130,18 @@ def random_weights(net_param: caffe_pb2.NetParameter, input_shapes: dict[str, tu
     return weights
 
 
+def parse(text: str) -> caffe_pb2.NetParameter:
+    """A NetParameter from prototxt text, keeping fork params the schema lacks (as the tool reads files)."""
+    net_param = caffe_pb2.NetParameter()
+    textproto.parse(text, net_param)
+    return net_param
+
+
 def write_net(text: str, directory: str | Path, name: str = "net", *, feeds: dict[str, Feed] | None = None,
               seed: int = 0) -> GeneratedNet:
     """Write ``text`` as ``<name>.prototxt`` and random weights as ``<name>.caffemodel`` in ``directory``."""
     directory = Path(directory)
-    net_param = text_format.Parse(text, caffe_pb2.NetParameter())
+    net_param = parse(text)
     feeds = dict(feeds or {})
     generated = GeneratedNet(name, directory / f"{name}.prototxt", directory / f"{name}.caffemodel", feeds)
     write_text(generated.prototxt, net_param)
@@ -160,6 +166,14 @@ def _input(name: str, shape: tuple[int, ...]) -> str:
 def _spec(feeds: dict[str, Feed], layers: str) -> NetSpec:
     """A net with one Input layer per feed, then ``layers``."""
     return NetSpec("".join(_input(name, feed.shape) for name, feed in feeds.items()) + layers, feeds)
+
+
+def _unary(feed: Feed, types: list[str]) -> NetSpec:
+    """One layer of each type, each on its own copy of the input (so no error of one reaches another)."""
+    copies = " ".join(f'top: "x{i}"' for i in range(len(types)))
+    return _spec({"data": feed}, f'layer {{ name: "split" type: "Split" bottom: "data" {copies} }}\n' + "".join(
+        f'layer {{ name: "{kind.lower()}" type: "{kind}" bottom: "x{i}" top: "{kind.lower()}" }}\n'
+        for i, kind in enumerate(types)))
 
 
 CORPUS: dict[str, NetSpec] = {
@@ -389,5 +403,65 @@ layer { name: "val_axis" type: "ArgMax" bottom: "d" top: "val_axis" argmax_param
 layer { name: "embed" type: "Embed" bottom: "words" top: "embed" embed_param { num_output: 4 input_dim: 10 } }
 layer { name: "embed_nobias" type: "Embed" bottom: "words" top: "embed_nobias"
   embed_param { num_output: 3 input_dim: 10 bias_term: false } }
+"""),
+    # The parameterless element-wise types OpenCV's importer accepts, on values in [-8, 8) (ReLU6 clips at 6).
+    "unary": _unary(Feed((2, 3, 4, 5), -8.0, 8.0), [
+        "ReLU6", "Mish", "HardSwish", "HardSigmoid", "Softplus", "Softsign", "Selu", "Celu", "Gelu",
+        "GeluApproximation", "Erf", "Ceil", "Floor", "Round", "Sign", "Identity", "Atan", "Asinh", "Sin", "Cos",
+        "Sinh", "Cosh", "ThresholdedRelu", "Shrink", "Swish", "Not"]),
+    # ... those defined inside (-1, 1) (Tan kept away from its poles), and those needing values above 1.
+    "unary_unit": _unary(Feed((2, 3, 4, 5), -0.95, 0.95), ["Acos", "Asin", "Atanh", "Tan"]),
+    "unary_positive": _unary(Feed((2, 3, 4, 5), 1.05, 4.0), ["Acosh", "Sqrt", "Reciprocal"]),
+    # Clip; Swish with a beta (OpenCV ignores it).
+    "clip": _spec({"data": Feed((2, 3, 4, 5))}, """
+layer { name: "clip" type: "Clip" bottom: "data" top: "clip" clip_param { min: -0.5 max: 0.7 } }
+"""),
+    "swish_beta": _spec({"data": Feed((2, 3, 4, 5))}, """
+layer { name: "swish" type: "Swish" bottom: "data" top: "swish" swish_param { beta: 1.7 } }
+"""),
+    # MobileNet/ShuffleNet forks: ConvolutionDepthwise, ReLU6, ShuffleChannel (a fork param), and the
+    # spellings OpenCV also accepts: SoftMax, ChannelsPReLU (and NormalizeBBox, not trainable, on its own).
+    "mobile_forks": _spec({"data": Feed((2, 6, 7, 6))}, """
+layer { name: "dw" type: "ConvolutionDepthwise" bottom: "data" top: "dw"
+  convolution_param { num_output: 6 group: 6 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "relu6" type: "ReLU6" bottom: "dw" top: "dw" }
+layer { name: "pw" type: "Convolution" bottom: "dw" top: "pw" convolution_param { num_output: 12 kernel_size: 1 } }
+layer { name: "shuffle" type: "ShuffleChannel" bottom: "pw" top: "shuffle" shuffle_channel_param { group: 3 } }
+layer { name: "prelu" type: "ChannelsPReLU" bottom: "shuffle" top: "prelu" }
+layer { name: "prob" type: "SoftMax" bottom: "prelu" top: "prob" softmax_param { axis: 1 } }
+"""),
+    "normalize_bbox": _spec({"data": Feed((2, 6, 4, 3))}, """
+layer { name: "norm" type: "NormalizeBBox" bottom: "data" top: "norm"
+  norm_param { across_spatial: false channel_shared: false } }
+"""),
+    # SoftMax without an axis: Caffe's axis 1 (OpenCV takes the last axis).
+    "softmax_spelling": _spec({"data": Feed((2, 5, 3, 4))}, """
+layer { name: "prob" type: "SoftMax" bottom: "data" top: "prob" }
+"""),
+    # DepthwiseConvolution (OpenCV cannot create it), with stride, padding and a channel multiplier.
+    "depthwise_fork": _spec({"data": Feed((2, 4, 7, 6))}, """
+layer { name: "dw" type: "DepthwiseConvolution" bottom: "data" top: "dw"
+  convolution_param { num_output: 4 group: 4 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "dw2" type: "DepthwiseConvolution" bottom: "dw" top: "dw2"
+  convolution_param { num_output: 8 group: 4 kernel_size: 2 bias_term: false } }
+"""),
+    # Interp (a fork's interp_param) to a given height/width, by a zoom factor, and to a single row.
+    "interp": _spec({"data": Feed((2, 3, 5, 7))}, """
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "to_size" type: "Interp" bottom: "conv" top: "to_size" interp_param { height: 9 width: 4 } }
+layer { name: "zoom" type: "Interp" bottom: "to_size" top: "zoom" interp_param { zoom_factor: 3 } }
+layer { name: "one_row" type: "Interp" bottom: "conv" top: "one_row" interp_param { height: 1 width: 11 } }
+"""),
+    # Upsample: nearest by an integer scale (OpenCV cannot create it).
+    "upsample": _spec({"data": Feed((2, 3, 7, 6))}, """
+layer { name: "up" type: "Upsample" bottom: "data" top: "up" upsample_param { scale: 2 } }
+layer { name: "up3" type: "Upsample" bottom: "up" top: "up3" upsample_param { scale: 3 } }
+"""),
+    # Interp forms OpenCV ignores: shrink_factor, negative pads (a crop), shrink then zoom.
+    "interp_caffe": _spec({"data": Feed((2, 3, 7, 6))}, """
+layer { name: "split" type: "Split" bottom: "data" top: "b" top: "c" top: "d" }
+layer { name: "shrink" type: "Interp" bottom: "b" top: "shrink" interp_param { shrink_factor: 2 } }
+layer { name: "crop_zoom" type: "Interp" bottom: "c" top: "crop_zoom" interp_param { zoom_factor: 2 pad_beg: -1 pad_end: -2 } }
+layer { name: "shrink_zoom" type: "Interp" bottom: "d" top: "shrink_zoom" interp_param { shrink_factor: 3 zoom_factor: 2 } }
 """),
 }

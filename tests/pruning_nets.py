@@ -1,8 +1,6 @@
 """Small nets that together cover every coupling case surgery handles, with random weights."""
 import numpy as np
-from google.protobuf import text_format
-
-from caffe_surgery import caffe_pb2
+from caffe_surgery import caffe_pb2, textproto
 from caffe_surgery.graph import build_net
 from caffe_surgery.shapes import infer_shapes
 
@@ -60,12 +58,31 @@ NETS = {
     "deconvolution": INPUT.format(n=1, c=2, h=7, w=7) + conv("conv1", "data", 6)
     + 'layer { name: "up" type: "Deconvolution" bottom: "conv1" top: "up" convolution_param { num_output: 5 kernel_size: 4 stride: 2 pad: 1 } }\n'
     + simple("ReLU", "relu", "up") + conv("conv2", "up", 3),
+    # Resizing carries channels; an SE block's (N, C) gate scales from axis 0 and couples its channels.
+    "resize_squeeze_excite": INPUT.format(n=2, c=3, h=5, w=6) + conv("conv1", "data", 6) + simple("ReLU", "relu1", "conv1")
+    + simple("Upsample", "up", "conv1", "up", "upsample_param { scale: 2 }") + conv("conv2", "up", 7)
+    + simple("Interp", "interp", "conv2", "interp", "interp_param { height: 7 width: 9 }") + conv("conv3", "interp", 8)
+    + simple("Pooling", "squeeze", "conv3", "squeeze", "pooling_param { pool: AVE global_pooling: true }")
+    + conv("reduce", "squeeze", 3, 1, 0) + simple("ReLU", "reduce_relu", "reduce") + conv("expand", "reduce", 8, 1, 0)
+    + simple("Sigmoid", "gate", "expand") + simple("Flatten", "gate_flat", "expand", "gate_flat")
+    + 'layer { name: "excite" type: "Scale" bottom: "conv3" bottom: "gate_flat" top: "excite" '
+      'scale_param { axis: 0 bias_term: false } }\n'
+    + conv("out", "excite", 4),
+    # MobileNet/ShuffleNet forks: a depthwise alias follows its input's channels (DepthwiseConvolution shares
+    # its declaration; OpenCV cannot create it), ReLU6 and the unary types carry them, ShuffleChannel pins.
+    "mobile_forks": INPUT.format(n=2, c=3, h=8, w=8) + conv("conv1", "data", 6) + simple("ReLU6", "relu6", "conv1")
+    + conv("dw", "conv1", 6, group=6).replace('"Convolution"', '"ConvolutionDepthwise"') + simple("HardSwish", "hswish", "dw")
+    + conv("pw", "dw", 8, 1, 0) + simple("Mish", "mish", "pw")
+    + conv("dw2", "pw", 8, group=8) + conv("pw2", "dw2", 6, 1, 0)
+    + simple("ShuffleChannel", "shuffle", "pw2", "shuffle", "shuffle_channel_param { group: 2 }") + conv("out", "shuffle", 4),
 }
 
 
 def random_weights(text: str, seed: int):
     """The net of ``text`` (TEST phase) with random weights and its shapes."""
-    net = build_net(text_format.Parse(text, caffe_pb2.NetParameter()))
+    net_param = caffe_pb2.NetParameter()
+    textproto.parse(text, net_param)  # keeps the fork params the schema lacks (interp_param)
+    net = build_net(net_param)
     shapes = infer_shapes(net)
     rng = np.random.default_rng(seed)
     for layer in net.layers:

@@ -13,11 +13,13 @@ from google.protobuf import text_format
 from caffe_surgery import caffe_pb2, layers
 from caffe_surgery.errors import UnsupportedLayerError
 from caffe_surgery.graph import build_net
+from caffe_surgery.layers.resize import interp_geometry
 from caffe_surgery.model import load_model
 from caffe_surgery.onnx_export import export_onnx, graph_outputs, save_onnx, supported_types, tensor_names
 from caffe_surgery.shapes import infer_shapes
 from conftest import REAL_MODELS
-from netgen import CORPUS, generate
+from netgen import CORPUS, generate, parse
+from opencv_layers import fork_layers
 import ssd_reference
 
 RNG_SEED = 7
@@ -74,6 +76,7 @@ REAL = {
     "ultraface_slim320": ("slim-320.prototxt", "slim-320.caffemodel"),
     "landmark106_dq": ("landmark106.prototxt", "landmark106.caffemodel"),
     "yufacedetectnet_v1": ("yufacedetectnet-open-v1.prototxt", "yufacedetectnet-open-v1.caffemodel"),
+    "yoloface500k_v2": ("yoloface-500k-v2.prototxt", "yoloface-500k-v2.caffemodel"),
 }
 
 
@@ -99,7 +102,8 @@ def test_real_model_matches_opencv(directory):
     feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
              for i in exported.graph.input}
     results = run_onnx(exported, feeds)
-    references = opencv_forward(prototxt, caffemodel, feeds, [v.producer for v in versions])
+    with fork_layers():
+        references = opencv_forward(prototxt, caffemodel, feeds, [v.producer for v in versions])
     assert [o.name for o in exported.graph.output] == [v.name for v in versions]
     for version, reference in zip(versions, references):
         assert_close(results[version.name], reference, f"{directory}: {version.key}")
@@ -109,7 +113,7 @@ def test_real_model_matches_opencv(directory):
 
 def corpus_departures(name: str) -> list[layers.Departure]:
     """Where OpenCV departs from Caffe on the corpus net, as the layer declarations record it."""
-    net = build_net(text_format.Parse(CORPUS[name].text, caffe_pb2.NetParameter()))
+    net = build_net(parse(CORPUS[name].text))
     return [d for layer in net.layers for d in layers.lookup(layer.type).departures_for(layer)]
 
 
@@ -127,7 +131,7 @@ def test_corpus_has_nets_for_both_references():
 
 def test_corpus_covers_every_exportable_layer_type():
     used = {layer.type for spec in CORPUS.values()
-            for layer in text_format.Parse(spec.text, caffe_pb2.NetParameter()).layer}
+            for layer in parse(spec.text).layer}
     assert layers.types_of_kind(layers.DATA) - {"Input"} == set(DATA_PARAMS)  # tested by test_data_layers_become_inputs...
     assert set(supported_types()) - set(DATA_PARAMS) <= used
 
@@ -316,10 +320,62 @@ def ref_embed(layer, x):
     return out + layer.blobs[1] if layer.param.embed_param.bias_term else out
 
 
+def ref_convolution(layer, x):
+    """Caffe's grouped convolution, window by window (square kernel, stride and pad, no dilation)."""
+    p = layer.param.convolution_param
+    weight = layer.blobs[0]
+    k, s, pad = p.kernel_size[0], (p.stride or [1])[0], (p.pad or [0])[0]
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    n, channels, height, width = padded.shape
+    out = np.zeros((n, p.num_output, (height - k) // s + 1, (width - k) // s + 1))
+    per_in, per_out = channels // p.group, p.num_output // p.group
+    for g in range(p.group):
+        w_g = weight[g * per_out:(g + 1) * per_out]
+        for i in range(out.shape[2]):
+            for j in range(out.shape[3]):
+                window = padded[:, g * per_in:(g + 1) * per_in, i * s:i * s + k, j * s:j * s + k]
+                out[:, g * per_out:(g + 1) * per_out, i, j] = np.einsum("nchw,ochw->no", window, w_g)
+    return out + layer.blobs[1].reshape(1, -1, 1, 1) if p.bias_term else out
+
+
+def ref_upsample(layer, x):
+    """darknet2caffe: output (y, x) is input (y // scale, x // scale)."""
+    scale = layer.param.upsample_param.scale
+    return np.repeat(np.repeat(x, scale, axis=2), scale, axis=3)
+
+
+def ref_interp(layer, x):
+    """PSPNet's caffe_cpu_interp2 (align corners) on the input cut at -pad_beg to its effective size;
+    the ratios and weights in float32 as Caffe computes them."""
+    pad_beg, height, width, out_h, out_w = interp_geometry(layer, x.shape)
+    source = x[:, :, -pad_beg:-pad_beg + height, -pad_beg:-pad_beg + width]
+    if (out_h, out_w) == (height, width):
+        return source.copy()
+
+    def taps(size_in, size_out):
+        ratio = np.float32((size_in - 1) / (size_out - 1)) if size_out > 1 else np.float32(0)
+        position = ratio * np.arange(size_out, dtype=np.float32)
+        low = position.astype(int)
+        step = (low < size_in - 1).astype(int)
+        weight = (position - low).astype(np.float32)
+        return low, low + step, weight
+
+    h0, h1, wh = taps(height, out_h)
+    w0, w1, ww = taps(width, out_w)
+    wh, ww = wh[:, None], ww[None, :]
+    top = (1 - ww) * source[:, :, h0][:, :, :, w0] + ww * source[:, :, h0][:, :, :, w1]
+    bottom = (1 - ww) * source[:, :, h1][:, :, :, w0] + ww * source[:, :, h1][:, :, :, w1]
+    return (1 - wh) * top + wh * bottom
+
+
 REFERENCES = {
     "Pooling": ref_pooling, "Deconvolution": ref_deconvolution, "Log": ref_log, "LRN": ref_lrn, "MVN": ref_mvn,
     "Scale": ref_scale, "Bias": ref_bias, "InnerProduct": ref_inner_product, "Tile": ref_tile,
-    "Reduction": ref_reduction, "ArgMax": ref_argmax, "Embed": ref_embed,
+    "Reduction": ref_reduction, "ArgMax": ref_argmax, "Embed": ref_embed, "Upsample": ref_upsample,
+    "Interp": ref_interp, "DepthwiseConvolution": ref_convolution,
+    "Clip": lambda layer, x: np.clip(x, layer.param.clip_param.min, layer.param.clip_param.max),
+    "SoftMax": lambda layer, x: np.exp(x) / np.exp(x).sum(axis=layer.param.softmax_param.axis, keepdims=True),
+    "Swish": lambda layer, x: x / (1 + np.exp(-layer.param.swish_param.beta * x.astype(np.float64))),
     "Threshold": lambda layer, x: (x > layer.param.threshold_param.threshold).astype(np.float32),
 }
 

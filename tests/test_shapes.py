@@ -10,6 +10,7 @@ from caffe_surgery.graph import build_net
 from caffe_surgery.io import read_net_text, write_binary, write_text
 from caffe_surgery.shapes import infer_shapes
 from conftest import REAL_MODELS, REAL_PAIRS, REFERENCE
+from opencv_layers import fork_layers
 
 cv2 = pytest.importorskip("cv2")
 
@@ -151,14 +152,16 @@ def test_ultraface_heads_by_hand():
 
 def compare_with_opencv(net, shapes, prototxt, caffemodel):
     """Every top of every layer OpenCV runs has the inferred shape (the Input layer is not one of them)."""
-    cv_net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
-    inputs = [layer for layer in net.layers if layer.type == "Input"]
-    assert len(inputs) == 1 and len(inputs[0].tops) == 1
-    cv_net.setInput(np.zeros(shapes.blob(inputs[0].tops[0]), np.float32))
-    names = list(cv_net.getLayerNames())
-    assert sorted(names) == sorted(layer.name for layer in net.layers if layer.type != "Input")
+    with fork_layers():
+        cv_net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+        inputs = [layer for layer in net.layers if layer.type == "Input"]
+        assert len(inputs) == 1 and len(inputs[0].tops) == 1
+        cv_net.setInput(np.zeros(shapes.blob(inputs[0].tops[0]), np.float32))
+        names = list(cv_net.getLayerNames())
+        assert sorted(names) == sorted(layer.name for layer in net.layers if layer.type != "Input")
+        retrieved = cv_net.forwardAndRetrieve(names)
     compared = 0
-    for name, outputs in zip(names, cv_net.forwardAndRetrieve(names)):
+    for name, outputs in zip(names, retrieved):
         layer = net.layer(name)
         for top, output in zip(layer.tops, outputs):
             expected = shapes.blob(top)

@@ -1,12 +1,13 @@
 """One declaration per Caffe layer type, with every facet of it (see ``registry``).
 
 Built-in types live in one module per family (convolution, pooling, activation,
-normalization, arithmetic, tensor, recurrent, detection, data, loss) and load on
+normalization, arithmetic, tensor, recurrent, detection, data, loss, resize) and load on
 the first lookup; plugins add types with the same API (``plugins``). Importing
 this package imports neither the families nor torch.
 """
 from .channels import (ELEMENTWISE, NET_INPUT, PASS_THROUGH, PER_CHANNEL, PIN, TRAINING_OUTPUT, ChannelRule, custom,
                        drop_channel_entries, pin_all)
+from .fork_params import ForkParam, fork_param
 from .plugins import PLUGIN_GROUP, load_entry_points, load_plugin_file
 from .registry import (DATA, FACETS, LAYER, TRAINING_ONLY, Departure, LayerType, NotApplicable, RegistryError, Train,
                        declarations, declare, lookup, types_of_kind, types_with)
@@ -14,8 +15,8 @@ from .shape_rules import Rule, Shape, SourceContext, canonical_axis, fail, same_
 
 __all__ = ["DATA", "ELEMENTWISE", "FACETS", "LAYER", "NET_INPUT", "PASS_THROUGH", "PER_CHANNEL", "PIN",
            "PLUGIN_GROUP", "TRAINING_ONLY", "TRAINING_OUTPUT", "ChannelRule", "Departure", "LayerType",
-           "NotApplicable", "RegistryError", "Rule", "Shape", "SourceContext", "Train", "canonical_axis",
-           "carries_channels", "custom", "declarations", "declare", "drop_channel_entries", "fail", "fed_by_trainer", "reads_dataset",
+           "ForkParam", "NotApplicable", "RegistryError", "Rule", "Shape", "SourceContext", "Train", "canonical_axis",
+           "carries_channels", "custom", "declarations", "declare", "drop_channel_entries", "fail", "fed_by_trainer", "fork_param", "reads_dataset",
            "is_data", "is_training_only", "load_entry_points", "load_plugin_file", "lookup", "pin_all",
            "produces_channels", "same_shape", "types_of_kind", "types_with"]
 

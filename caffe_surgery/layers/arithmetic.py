@@ -150,15 +150,25 @@ def _per_channel_axis(builder, layer: Layer) -> bool:
     return axis == 1 and len(other) == 1
 
 
-@custom("per-channel operand: carries every channel (a second bottom is pinned); same-shape operand: couples "
-        "its bottoms; other axes: pins", per_channel=True, weighted=True)
+def _operand_spans_channels(shapes, layer: Layer) -> bool:
+    """A second bottom laid out from axis 0 over at least the batch and channel axes (an SE block's
+    (N, C) gate, or a same-shape operand): its channel j meets channel j of bottom 0."""
+    if len(layer.bottoms) < 2:
+        return False
+    operand = shapes.blob(layer.bottoms[1])
+    return len(operand) >= 2 and _operand_param(layer).axis % len(shapes.blob(layer.bottoms[0])) == 0
+
+
+@custom("per-channel operand: carries every channel (a second bottom is pinned); a second bottom spanning the "
+        "channel axis (same shape, or an (N, C) gate from axis 0): couples its bottoms; other axes: pins",
+        per_channel=True, weighted=True)
 def _scale_or_bias_channels(builder, layer, bottoms) -> None:
     if _per_channel_axis(builder, layer):
         builder.pass_through(layer, bottoms[0], "channel")
         if len(bottoms) > 1:
             builder.pin(bottoms[1], f"second input of {layer.type} '{layer.name}'")
         return
-    if len(bottoms) > 1 and builder.shapes.blob(layer.bottoms[0]) == builder.shapes.blob(layer.bottoms[1]):
+    if _operand_spans_channels(builder.shapes, layer):
         builder.merge(layer, bottoms)
         return
     pin_all(builder, layer, bottoms, f"{layer.type} '{layer.name}' scales along other axes than the channels",
@@ -174,7 +184,11 @@ def _eltwise_channels(builder, layer, bottoms) -> None:
 
 
 def _rewrite_operand(s, layer: Layer, param, blobs):
-    """Learned per-channel scale/bias blobs lose the removed channels."""
+    """Learned per-channel scale/bias blobs lose the removed channels (along axis 1 when the second bottom
+    spans the batch and channel axes, as the learned bias then does)."""
+    if _operand_spans_channels(s.shapes, layer):
+        kept = s.blob_positions(layer.bottoms[0])
+        return blobs if kept is None else [s.take(b, kept, 1) for b in blobs]
     return drop_channel_entries(s, layer, blobs)
 
 

@@ -1,7 +1,7 @@
 """Layers with learned weight matrices: Convolution, Deconvolution, InnerProduct, Embed, and Im2col."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 
 import numpy as np
@@ -249,7 +249,7 @@ def _produce(builder, layer, bottoms) -> None:
     groups = 1 if layer.type == "InnerProduct" else layer.param.convolution_param.group
     outputs = builder.channels(top)
     inputs = bottom_shape[1]
-    if groups > 1 and groups == inputs and layer.type == "Convolution" and outputs == inputs:
+    if groups > 1 and groups == inputs and layer.type != "Deconvolution" and outputs == inputs:
         builder.member(layout, layer, "depthwise")
         builder.layouts[top] = layout
         return
@@ -395,10 +395,15 @@ def _inner_product_fillers(layer: Layer) -> list:
 
 _NO_TORCH = "no torch op is written for it yet"
 
-declare(
+CONVOLUTION = declare(
     LayerType("Convolution", shape=_convolution, export=convolution, channels=PRODUCER,
               rewrite=_rewrite_convolution, train=Train(_convolution_op, _convolution_fillers),
-              bottoms=(1, None), tops=(1, None)),
+              bottoms=(1, None), tops=(1, None)))
+# MobileNet forks' depthwise layers: a Convolution (convolution_param, group = channels) under another name.
+declare(replace(CONVOLUTION, name="ConvolutionDepthwise"),
+        replace(CONVOLUTION, name="DepthwiseConvolution",
+                departures=(Departure("OpenCV has no DepthwiseConvolution layer"),)))
+declare(
     LayerType("Deconvolution", shape=_deconvolution, export=deconvolution, channels=PRODUCER,
               rewrite=_rewrite_deconvolution, train=NotApplicable(_NO_TORCH), bottoms=(1, None), tops=(1, None),
               departures=(Departure("OpenCV ignores dilation in Deconvolution (its output is too small)",

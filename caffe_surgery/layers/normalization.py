@@ -1,6 +1,8 @@
 """Normalizing layers: BatchNorm, LRN, MVN and SSD's Normalize."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..caffe_pb2 import LRNParameter
@@ -187,6 +189,7 @@ declare(
                                     "x / (sqrt(var) + eps)",
                                     lambda layer: layer.param.mvn_param.normalize_variance and
                                     layer.param.mvn_param.HasField("eps")),)),
-    LayerType("Normalize", shape=_normalize_shape, export=normalize, channels=PIN,
-              rewrite=NotApplicable("it normalises across channels (pinned)"), train=_NO_TORCH),
 )
+NORMALIZE = declare(LayerType("Normalize", shape=_normalize_shape, export=normalize, channels=PIN,
+                              rewrite=NotApplicable("it normalises across channels (pinned)"), train=_NO_TORCH))
+declare(replace(NORMALIZE, name="NormalizeBBox"))  # OpenCV's name for SSD's Normalize

@@ -1,6 +1,8 @@
 """Layers that move, split, join or reduce values: Concat, Slice, Split, Flatten, Reshape, Crop,
-Permute, Tile, Softmax, Reduction, ArgMax, BatchReindex, Filter."""
+Permute, Tile, Softmax, Reduction, ArgMax, BatchReindex, Filter, ShuffleChannel."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 from math import prod
 
@@ -12,6 +14,7 @@ from ..errors import PlanError
 from ..export.context import LayerContext
 from ..graph import Layer
 from .channels import PASS_THROUGH, PIN, custom, pin_all
+from .fork_params import fork_param
 from .registry import Departure, LayerType, NotApplicable, Train, declare
 from .shape_rules import Rule, Shape, canonical_axis, fail
 
@@ -168,6 +171,24 @@ def argmax(ctx: LayerContext) -> None:
         rows.append(ctx.unsqueeze(values, [1]))
     stacked = rows[0] if len(rows) == 1 else ctx.node("Concat", rows, axis=1)
     ctx.reshape(stacked, ctx.top_shape(), keeps_batch=True, out=ctx.top())
+
+
+def shuffle_groups(layer: Layer) -> int:
+    """ShuffleNet's ``shuffle_channel_param.group`` (a fork message the schema lacks; default 1)."""
+    group = fork_param(layer.param, "shuffle_channel_param", {"group": 1})["group"]
+    if group < 1:
+        fail(f"shuffle_channel_param.group must be positive, got {group}")
+    return group
+
+
+def shuffle_channel(ctx: LayerContext) -> None:
+    """ShuffleNet's channel shuffle: (N, g, C/g, ...) transposed to (N, C/g, g, ...), so output channel
+    i * g + k is input channel k * C/g + i."""
+    shape = ctx.bottom_shape()
+    group = shuffle_groups(ctx.layer)
+    split = ctx.reshape(ctx.bottom(), (shape[0], group, shape[1] // group) + shape[2:], keeps_batch=True)
+    perm = [0, 2, 1] + list(range(3, len(shape) + 1))
+    ctx.reshape(ctx.node("Transpose", [split], perm=perm), shape, keeps_batch=True, out=ctx.top())
 
 
 # ------------------------------------------------------------------ axes
@@ -351,6 +372,14 @@ def _batch_reindex_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
     return Rule([index + data[1:]])
 
 
+def _shuffle_channel_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
+    shape = bottoms[0]
+    if len(shape) < 2 or shape[1] % shuffle_groups(layer):
+        fail(f"the {shape[1] if len(shape) > 1 else 0} channels of {shape} do not split into "
+             f"{shuffle_groups(layer)} groups")
+    return Rule([shape])
+
+
 def _filter_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
     """Data-dependent in Caffe (the first axis is the number of selected items); the declared
     shapes here are the unfiltered bottoms, an upper bound."""
@@ -436,6 +465,15 @@ def _crop_channels(builder, layer, bottoms) -> None:
             f"output of Crop '{layer.name}'")
 
 
+@custom("interleaves its channel groups: pins the channels it reads (a subset would shuffle differently)")
+def _shuffle_channels(builder, layer, bottoms) -> None:
+    if shuffle_groups(layer) == 1:
+        builder.pass_through(layer, bottoms[0], "structure")
+        return
+    pin_all(builder, layer, bottoms, f"ShuffleChannel '{layer.name}' interleaves its {shuffle_groups(layer)} "
+            "channel groups", f"output of ShuffleChannel '{layer.name}'")
+
+
 # ------------------------------------------------------------------ surgery
 
 
@@ -512,6 +550,16 @@ def _softmax_op(layer, bottoms, phase):
     return lambda x, blobs: [F.softmax(x[0], dim=axis)]
 
 
+def _shuffle_channel_op(layer, bottoms, phase):
+    group = shuffle_groups(layer)
+
+    def run(x, blobs):
+        shape = tuple(x[0].shape)
+        split = x[0].reshape(shape[0], group, shape[1] // group, *shape[2:])
+        return [split.transpose(1, 2).reshape(shape)]
+    return run
+
+
 def _softmax_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
     canonical_axis(layer.param.softmax_param.axis, len(bottoms[0]))
     return Rule([bottoms[0]])
@@ -539,8 +587,6 @@ declare(
     LayerType("Permute", shape=_permute_shape, export=permute, channels=PIN, rewrite=_PINNED, train=_NO_TORCH),
     LayerType("Tile", shape=_tile_shape, export=tile, channels=PIN, rewrite=_PINNED, train=_NO_TORCH,
               departures=(Departure("OpenCV cannot read Caffe's Tile"),)),
-    LayerType("Softmax", shape=_softmax_shape, export=softmax, channels=PIN, rewrite=_PINNED,
-              train=Train(_softmax_op)),
     LayerType("Reduction", shape=_reduction_shape, export=reduction, channels=PIN, rewrite=_PINNED, train=_NO_TORCH,
               departures=(Departure("OpenCV has no Reduction layer"),)),
     LayerType("ArgMax", shape=_argmax_shape, export=argmax, channels=PIN, rewrite=_PINNED, train=_NO_TORCH,
@@ -551,4 +597,12 @@ declare(
     LayerType("Filter", shape=_filter_shape,
               export=NotApplicable("data-dependent output size; no ONNX converter is written for Filter"),
               channels=PIN, rewrite=_PINNED, train=_NO_TORCH, bottoms=(2, None), tops=(1, None)),
+    LayerType("ShuffleChannel", shape=_shuffle_channel_shape, export=shuffle_channel, channels=_shuffle_channels,
+              rewrite=NotApplicable("its channels are pinned (group 1 keeps them as they are)"),
+              train=Train(_shuffle_channel_op)),
 )
+SOFTMAX = declare(LayerType("Softmax", shape=_softmax_shape, export=softmax, channels=PIN, rewrite=_PINNED,
+                            train=Train(_softmax_op)))
+declare(replace(SOFTMAX, name="SoftMax",  # the spelling OpenCV's importer also accepts
+                departures=(Departure("OpenCV's SoftMax normalizes along the last axis unless softmax_param.axis "
+                                      "is given", lambda layer: not layer.param.softmax_param.HasField("axis")),)))

@@ -8,23 +8,14 @@
 
 Load it with ``caffe-surgery --plugin tests/plugins/fork_layers.py VERB ...``.
 """
-import re
-
-from google.protobuf.unknown_fields import UnknownFieldSet
-
 from caffe_surgery.export.context import channel_broadcast
 from caffe_surgery.layers import (ELEMENTWISE, PER_CHANNEL, Departure, LayerType, NotApplicable, Rule, Train,
-                                  declare, drop_channel_entries, fail, same_shape)
+                                  declare, drop_channel_entries, fail, fork_param, same_shape)
 
 
 def scale_of(layer) -> float:
     """``scaled_tanh_param.scale`` from the fork text the parser kept beside the known fields."""
-    for field in UnknownFieldSet(layer.param):
-        if field.wire_type == 2:
-            match = re.search(r"scaled_tanh_param\s*\{[^}]*scale\s*:\s*([-+0-9.eE]+)", field.data.decode("utf-8"))
-            if match:
-                return float(match.group(1))
-    return 1.0
+    return fork_param(layer.param, "scaled_tanh_param", {"scale": 1.0})["scale"]
 
 
 def scaled_tanh(ctx) -> None:

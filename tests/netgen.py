@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import text_format
 
-from caffe_surgery import caffe_pb2
+from caffe_surgery import caffe_pb2, textproto
 from caffe_surgery.blobs import array_to_blob
 from caffe_surgery.graph import build_net
 from caffe_surgery.io import write_binary, write_text
@@ -101,7 +100,8 @@ def _positive(shapes, rng):
     return [rng.uniform(0.5, 2.0, shape) for shape in shapes]
 
 
-WEIGHT_RULES: dict[str, WeightRule] = {"BatchNorm": _batch_norm, "PReLU": _slopes, "Normalize": _positive}
+WEIGHT_RULES: dict[str, WeightRule] = {"BatchNorm": _batch_norm, "PReLU": _slopes, "Normalize": _positive,
+                                       "Region": _positive}
 """Layer types whose blobs need more than fan-in scaled normal values."""
 
 
@@ -131,11 +131,18 @@ def random_weights(net_param: caffe_pb2.NetParameter, input_shapes: dict[str, tu
     return weights
 
 
+def parse_net(text: str) -> caffe_pb2.NetParameter:
+    """A prototxt text as the tool reads it: fork fields the schema lacks (``reorg_param``) are kept."""
+    net_param = caffe_pb2.NetParameter()
+    textproto.parse(text, net_param)
+    return net_param
+
+
 def write_net(text: str, directory: str | Path, name: str = "net", *, feeds: dict[str, Feed] | None = None,
               seed: int = 0) -> GeneratedNet:
     """Write ``text`` as ``<name>.prototxt`` and random weights as ``<name>.caffemodel`` in ``directory``."""
     directory = Path(directory)
-    net_param = text_format.Parse(text, caffe_pb2.NetParameter())
+    net_param = parse_net(text)
     feeds = dict(feeds or {})
     generated = GeneratedNet(name, directory / f"{name}.prototxt", directory / f"{name}.caffemodel", feeds)
     write_text(generated.prototxt, net_param)
@@ -361,6 +368,27 @@ layer { name: "detection_corner" type: "DetectionOutput" bottom: "loc_per_class"
   detection_output_param { num_classes: 3 share_location: false background_label_id: 1 code_type: CORNER
     nms_param { nms_threshold: 0.3 } keep_top_k: 100
     confidence_threshold: 0.34 } }
+"""),
+    # A YOLOv2 head: Reorg (OpenCV's channel order) concatenated with a strided branch, a Permute to NHWC and
+    # two Region layers (softmax with NMS, logistic without), anchors as blob 0.
+    "yolo_v2": _spec({"data": Feed((2, 3, 12, 16))}, """
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "reorg" type: "Reorg" bottom: "conv1" top: "reorg" reorg_param { stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+  convolution_param { num_output: 8 kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "concat" type: "Concat" bottom: "reorg" bottom: "conv2" top: "concat" }
+layer { name: "head" type: "Convolution" bottom: "concat" top: "head" convolution_param { num_output: 16 kernel_size: 1 } }
+layer { name: "head_perm" type: "Permute" bottom: "head" top: "head_perm"
+  permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "region" type: "Region" bottom: "head_perm" top: "region"
+  region_param { classes: 3 coords: 4 anchors: 2 softmax: 1 thresh: 0.1 nms_threshold: 0.3 } }
+layer { name: "region_logistic" type: "Region" bottom: "head_perm" top: "region_logistic"
+  region_param { classes: 3 coords: 4 anchors: 2 logistic: 1 thresh: 0.3 nms_threshold: 0 } }
+"""),
+    # Reorg by 3, which OpenCV does not read (it reorganises by 2).
+    "reorg_stride3": _spec({"data": Feed((2, 18, 6, 9))}, """
+layer { name: "reorg" type: "Reorg" bottom: "data" top: "reorg" reorg_param { stride: 3 } }
 """),
     # Threshold, Tile.
     "threshold_tile": _spec({"data": Feed((2, 3, 4, 5))}, """

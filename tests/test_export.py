@@ -13,11 +13,12 @@ from google.protobuf import text_format
 from caffe_surgery import caffe_pb2, layers
 from caffe_surgery.errors import UnsupportedLayerError
 from caffe_surgery.graph import build_net
+from caffe_surgery.layers.yolo import reorg_stride
 from caffe_surgery.model import load_model
 from caffe_surgery.onnx_export import export_onnx, graph_outputs, save_onnx, supported_types, tensor_names
 from caffe_surgery.shapes import infer_shapes
 from conftest import REAL_MODELS
-from netgen import CORPUS, generate
+from netgen import CORPUS, generate, parse_net
 import ssd_reference
 
 RNG_SEED = 7
@@ -109,7 +110,7 @@ def test_real_model_matches_opencv(directory):
 
 def corpus_departures(name: str) -> list[layers.Departure]:
     """Where OpenCV departs from Caffe on the corpus net, as the layer declarations record it."""
-    net = build_net(text_format.Parse(CORPUS[name].text, caffe_pb2.NetParameter()))
+    net = build_net(parse_net(CORPUS[name].text))
     return [d for layer in net.layers for d in layers.lookup(layer.type).departures_for(layer)]
 
 
@@ -127,7 +128,7 @@ def test_corpus_has_nets_for_both_references():
 
 def test_corpus_covers_every_exportable_layer_type():
     used = {layer.type for spec in CORPUS.values()
-            for layer in text_format.Parse(spec.text, caffe_pb2.NetParameter()).layer}
+            for layer in parse_net(spec.text).layer}
     assert layers.types_of_kind(layers.DATA) - {"Input"} == set(DATA_PARAMS)  # tested by test_data_layers_become_inputs...
     assert set(supported_types()) - set(DATA_PARAMS) <= used
 
@@ -316,10 +317,23 @@ def ref_embed(layer, x):
     return out + layer.blobs[1] if layer.param.embed_param.bias_term else out
 
 
+def ref_reorg(layer, x):
+    """darknet's reorg_cpu (forward 0) with the bottom's sizes, index by index."""
+    s = reorg_stride(layer)
+    n, c, h, w = x.shape
+    flat, top = x.reshape(-1), np.empty(x.size, np.float32)
+    out_c = c // (s * s)
+    for b, k, j, i in np.ndindex(n, c, h, w):
+        offset = k // out_c
+        source = i * s + offset % s + w * s * (j * s + offset // s + h * s * (k % out_c + out_c * b))
+        top[i + w * (j + h * (k + c * b))] = flat[source]
+    return top.reshape(n, c * s * s, h // s, w // s)
+
+
 REFERENCES = {
     "Pooling": ref_pooling, "Deconvolution": ref_deconvolution, "Log": ref_log, "LRN": ref_lrn, "MVN": ref_mvn,
     "Scale": ref_scale, "Bias": ref_bias, "InnerProduct": ref_inner_product, "Tile": ref_tile,
-    "Reduction": ref_reduction, "ArgMax": ref_argmax, "Embed": ref_embed,
+    "Reduction": ref_reduction, "ArgMax": ref_argmax, "Embed": ref_embed, "Reorg": ref_reorg,
     "Threshold": lambda layer, x: (x > layer.param.threshold_param.threshold).astype(np.float32),
 }
 

@@ -333,8 +333,13 @@ layer { name: "prior2" type: "PriorBox" bottom: "norm2" bottom: "data" top: "pri
                     clip: false variance: 0.1 step: 7 offset: 0.25 } }
 layer { name: "prior3" type: "PriorBox" bottom: "norm2" bottom: "data" top: "prior3"
   prior_box_param { min_size: 20 aspect_ratio: 0.5 step_h: 5 step_w: 9 variance: 0.2 } }
-layer { name: "priors" type: "Concat" bottom: "prior1" bottom: "prior2" bottom: "prior3" top: "priors"
-  concat_param { axis: 2 } }
+layer { name: "prior4" type: "PriorBoxClustered" bottom: "norm1" bottom: "data" top: "prior4"
+  prior_box_param { width: 5 width: 11.5 height: 7 height: 3 clip: false step: 4 offset: 0.5
+                    variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }
+layer { name: "prior5" type: "PriorBoxClustered" bottom: "norm2" bottom: "data" top: "prior5"
+  prior_box_param { width: 30 height: 18 clip: true variance: 0.1 } }
+layer { name: "priors" type: "Concat" bottom: "prior1" bottom: "prior2" bottom: "prior3" bottom: "prior4"
+  bottom: "prior5" top: "priors" concat_param { axis: 2 } }
 """),
     # An SSD detector: two DetectionOutput heads (CENTER_SIZE with shared locations, CORNER per class with
     # another background label), Normalize, Permute, Flatten, PriorBox, Softmax over classes.

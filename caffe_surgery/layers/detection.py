@@ -1,4 +1,4 @@
-"""SSD's detection layers: PriorBox (folded to a constant) and DetectionOutput."""
+"""SSD's detection layers: PriorBox and OpenCV's PriorBoxClustered (folded to constants), DetectionOutput."""
 from __future__ import annotations
 
 from .. import caffe_pb2
@@ -8,6 +8,7 @@ from ..graph import Layer
 from ..priors import box_sizes
 from .channels import PIN
 from .detection_output import detection_output
+from .fork_params import fork_param
 from .registry import Departure, LayerType, NotApplicable, declare
 from .shape_rules import Rule, Shape, fail
 
@@ -21,6 +22,37 @@ def prior_box(ctx: LayerContext) -> None:
     except ValueError as exc:
         raise ctx.unsupported(f"with invalid parameters ({exc})") from exc
     ctx.node("Identity", [ctx.const(priors, "priors")], ctx.top())
+
+
+def clustered_sizes(p: caffe_pb2.PriorBoxParameter) -> list[tuple[float, float]]:
+    """PriorBoxClustered's explicit (width, height) pairs: OpenCV's ``width``/``height`` fields of
+    prior_box_param, which this schema lacks (read from the kept fork text)."""
+    fork = fork_param(p)
+    widths, heights = fork.values("width"), fork.values("height")
+    if not widths or len(widths) != len(heights):
+        fail(f"PriorBoxClustered needs as many width as height values (at least one), got {len(widths)} "
+             f"and {len(heights)}")
+    if fork.values("offset_w") or fork.values("offset_h"):
+        fail("PriorBoxClustered with offset_w/offset_h lists is not supported")
+    return list(zip(widths, heights))
+
+
+def prior_box_clustered(ctx: LayerContext) -> None:
+    """A constant like PriorBox's, with the explicit box sizes."""
+    sizes = clustered_sizes(ctx.param.prior_box_param)
+    try:
+        priors = prior_boxes(ctx.param.prior_box_param, ctx.bottom_shape(0)[-2:], ctx.bottom_shape(1)[-2:], sizes)
+    except ValueError as exc:
+        raise ctx.unsupported(f"with invalid parameters ({exc})") from exc
+    ctx.node("Identity", [ctx.const(priors, "priors")], ctx.top())
+
+
+def _prior_box_clustered(layer: Layer, bottoms: list[Shape]) -> Rule:
+    """(1, 2, H*W*boxes*4): box corners, then their variances."""
+    shape = bottoms[0]
+    if len(shape) != 4:
+        fail(f"PriorBoxClustered needs a 4-D feature map, got {shape}")
+    return Rule([(1, 2, shape[2] * shape[3] * len(clustered_sizes(layer.param.prior_box_param)) * 4)])
 
 
 def _num_priors(p: caffe_pb2.PriorBoxParameter) -> int:
@@ -56,6 +88,11 @@ _NO_TORCH = NotApplicable("not differentiable with respect to its inputs; no tor
 
 declare(
     LayerType("PriorBox", shape=_prior_box, export=prior_box, channels=PIN,
+              rewrite=NotApplicable("it reads only its bottoms' shapes and has no blobs"), train=_NO_TORCH,
+              bottoms=2,
+              departures=(Departure("OpenCV's PriorBox ignores img_size/img_h/img_w and needs a variance",
+                                    _priorbox_departs),)),
+    LayerType("PriorBoxClustered", shape=_prior_box_clustered, export=prior_box_clustered, channels=PIN,
               rewrite=NotApplicable("it reads only its bottoms' shapes and has no blobs"), train=_NO_TORCH,
               bottoms=2,
               departures=(Departure("OpenCV's PriorBox ignores img_size/img_h/img_w and needs a variance",

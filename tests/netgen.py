@@ -33,13 +33,17 @@ class Feed:
     low: float | None = None
     high: float | None = None
     integers: bool = False
+    column_scale: tuple[float, ...] | None = None
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """A draw; with ``column_scale``, the last axis's entries are multiplied column by column (ROI rows)."""
         if self.integers:
-            return rng.integers(int(self.low), int(self.high), self.shape).astype(np.float32)
-        if self.low is not None:
-            return rng.uniform(self.low, self.high, self.shape).astype(np.float32)
-        return rng.standard_normal(self.shape).astype(np.float32)
+            value = rng.integers(int(self.low), int(self.high), self.shape).astype(np.float32)
+        elif self.low is not None:
+            value = rng.uniform(self.low, self.high, self.shape).astype(np.float32)
+        else:
+            value = rng.standard_normal(self.shape).astype(np.float32)
+        return value if self.column_scale is None else value * np.asarray(self.column_scale, np.float32)
 
 
 @dataclass(frozen=True)
@@ -394,6 +398,17 @@ layer { name: "region_logistic" type: "Region" bottom: "head_perm" top: "region_
     # Reorg by 3, which OpenCV does not read (it reorganises by 2).
     "reorg_stride3": _spec({"data": Feed((2, 18, 6, 9))}, """
 layer { name: "reorg" type: "Reorg" bottom: "data" top: "reorg" reorg_param { stride: 3 } }
+"""),
+    # Faster R-CNN's ROIPooling and R-FCN's PSROIPooling over ROIs [batch, x1, y1, x2, y2] in image pixels
+    # (some reversed, some past the map), at two batch images.
+    "roi_pooling": _spec({"data": Feed((2, 3, 20, 24)), "rois": Feed((6, 5), -0.1, 1.0, column_scale=(1.99, 60, 50, 60, 50))},
+                         """
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 8 kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "roi_pool" type: "ROIPooling" bottom: "conv" bottom: "rois" top: "roi_pool"
+  roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.25 } }
+layer { name: "psroi_pool" type: "PSROIPooling" bottom: "conv" bottom: "rois" top: "psroi_pool"
+  psroi_pooling_param { spatial_scale: 0.25 output_dim: 2 group_size: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "roi_pool" top: "fc" inner_product_param { num_output: 4 } }
 """),
     # Threshold, Tile.
     "threshold_tile": _spec({"data": Feed((2, 3, 4, 5))}, """

@@ -79,6 +79,21 @@ def _detection_output(layer: Layer, bottoms: list[Shape]) -> Rule:
     return Rule([(1, 1, keep if keep > 0 else 1, 7)])
 
 
+def _proposal(layer: Layer, bottoms: list[Shape]) -> Rule:
+    """Faster R-CNN's RPN proposals from (scores (N, 2A, H, W), deltas (N, 4A, H, W), im_info): at most
+    post_nms_topn (default 300) rows [batch, x1, y1, x2, y2] per image (data-dependent in Caffe; the
+    declared shape is the bound, as OpenCV declares it), plus their scores (rows, 1) with a second top."""
+    p = fork_param(layer.param, "proposal_param")
+    anchors = max(len(p.values("ratio")), 1) * max(len(p.values("scale")), 1)
+    scores, deltas = bottoms[0], bottoms[1]
+    if len(scores) != 4 or len(deltas) != 4 or deltas[1] != 2 * scores[1] or scores[2:] != deltas[2:]:
+        fail(f"Proposal needs (N, 2A, H, W) scores and (N, 4A, H, W) deltas, got {scores} and {deltas}")
+    if p.values("ratio") and p.values("scale") and scores[1] != 2 * anchors:
+        fail(f"Proposal's {anchors} anchors (ratio x scale) need {2 * anchors} score channels, got {scores[1]}")
+    rows = scores[0] * p.get("post_nms_topn", 300)
+    return Rule([(rows, 5), (rows, 1)][:len(layer.tops)])
+
+
 def _priorbox_departs(layer: Layer) -> bool:
     p = layer.param.prior_box_param
     return p.HasField("img_size") or p.HasField("img_h") or p.HasField("img_w") or not len(p.variance)
@@ -97,6 +112,12 @@ declare(
               bottoms=2,
               departures=(Departure("OpenCV's PriorBox ignores img_size/img_h/img_w and needs a variance",
                                     _priorbox_departs),)),
+    LayerType("Proposal", shape=_proposal,
+              export=NotApplicable("not written yet: OpenCV's Proposal (anchors, CENTER_SIZE decoding, clipping, "
+                                   "pre/post-NMS top-N, NMS) is expressible with NonMaxSuppression, but no "
+                                   "converter exists; export stops at this layer with its name"),
+              channels=PIN, rewrite=NotApplicable("it mixes channels (pinned) and has no blobs"), train=_NO_TORCH,
+              bottoms=3, tops=(1, 2)),
     LayerType("DetectionOutput", shape=_detection_output,
               export=detection_output,
               channels=PIN, rewrite=NotApplicable("it mixes channels (pinned)"), train=_NO_TORCH, bottoms=(3, 4)),

@@ -120,5 +120,10 @@ declare(
               bottoms=3, tops=(1, 2)),
     LayerType("DetectionOutput", shape=_detection_output,
               export=detection_output,
-              channels=PIN, rewrite=NotApplicable("it mixes channels (pinned)"), train=_NO_TORCH, bottoms=(3, 4)),
+              channels=PIN, rewrite=NotApplicable("it mixes channels (pinned)"), train=_NO_TORCH, bottoms=(3, 4),
+              departures=(
+                  Departure("OpenCV pads each image's rows with zeros up to keep_top_k and, where keep_top_k cuts, "
+                            "orders them by score (Caffe: by label)", as_sets=True),
+                  Departure("OpenCV rejects a prior bottom with variances when variance_encoded_in_target",
+                            lambda layer: layer.param.detection_output_param.variance_encoded_in_target),)),
 )

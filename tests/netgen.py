@@ -410,6 +410,15 @@ layer { name: "psroi_pool" type: "PSROIPooling" bottom: "conv" bottom: "rois" to
   psroi_pooling_param { spatial_scale: 0.25 output_dim: 2 group_size: 2 } }
 layer { name: "fc" type: "InnerProduct" bottom: "roi_pool" top: "fc" inner_product_param { num_output: 4 } }
 """),
+    # Faster R-CNN's RPN Proposal (6 anchors on a 10 x 12 map, stride 16) over probabilities, deltas and
+    # im_info (about 160 x 190 pixels at scale about 1), with a scores top.
+    "proposal": _spec({"rpn_prob": Feed((1, 12, 10, 12), 0.0, 1.0), "rpn_deltas": Feed((1, 24, 10, 12)),
+                       "im_info": Feed((1, 3), 0.99, 1.0, column_scale=(160.0, 190.0, 1.0))}, """
+layer { name: "proposal" type: "Proposal" bottom: "rpn_prob" bottom: "rpn_deltas" bottom: "im_info"
+  top: "rois" top: "roi_scores"
+  proposal_param { feat_stride: 16 base_size: 16 min_size: 16 ratio: 0.5 ratio: 1 ratio: 2 scale: 1 scale: 2
+                   pre_nms_topn: 300 post_nms_topn: 40 nms_thresh: 0.6 } }
+"""),
     # Threshold, Tile.
     "threshold_tile": _spec({"data": Feed((2, 3, 4, 5))}, """
 layer { name: "threshold" type: "Threshold" bottom: "data" top: "threshold" threshold_param { threshold: 0.2 } }

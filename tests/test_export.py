@@ -2,6 +2,7 @@
 references of Caffe's semantics, checker/strict shape inference, names, taps, errors."""
 import dataclasses
 import math
+import re
 
 import cv2
 import numpy as np
@@ -9,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from caffe_surgery import caffe_pb2, layers
 from caffe_surgery.errors import UnsupportedLayerError
@@ -337,16 +339,64 @@ def ref_reorg(layer, x):
     return top.reshape(n, c * s * s, h // s, w // s)
 
 
+def ref_proposal(layer, scores, deltas, im_info):
+    """py-faster-rcnn's proposal_layer.py forward (one image), step by step."""
+    text = "".join(f.data.decode() for f in UnknownFieldSet(layer.param))
+    values = lambda key: [float(v) for v in re.findall(rf"\b{key}\s*:\s*([-+.\deE]+)", text)]
+    first = lambda key, default: (values(key) or [default])[0]
+    ratios, scales = values("ratio") or [0.5, 1, 2], values("scale") or [8, 16, 32]
+    base, stride = first("base_size", 16), first("feat_stride", 16)
+    anchors = []
+    for ratio in ratios:  # _ratio_enum, then _scale_enum, around the base box [0, 0, base - 1, base - 1]
+        ws = np.round(np.sqrt(base * base / ratio))
+        hs = np.round(ws * ratio)
+        for scale in scales:
+            w, h, c = ws * scale, hs * scale, (base - 1) / 2
+            anchors.append([c - 0.5 * (w - 1), c - 0.5 * (h - 1), c + 0.5 * (w - 1), c + 0.5 * (h - 1)])
+    a, (height, width) = len(anchors), scores.shape[2:]
+    sx, sy = np.meshgrid(np.arange(width) * stride, np.arange(height) * stride)
+    shifts = np.stack([sx.ravel(), sy.ravel(), sx.ravel(), sy.ravel()], axis=1)
+    boxes = (np.asarray(anchors)[None] + shifts[:, None]).reshape(-1, 4)
+    d = deltas.transpose(0, 2, 3, 1).reshape(-1, 4).astype(np.float64)
+    fg = scores[:, a:].transpose(0, 2, 3, 1).reshape(-1)
+    w, h = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
+    cx, cy = boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h
+    px, py, pw, ph = d[:, 0] * w + cx, d[:, 1] * h + cy, np.exp(d[:, 2]) * w, np.exp(d[:, 3]) * h
+    img_h, img_w, img_scale = im_info.reshape(-1)[:3]
+    boxes = np.stack([np.clip(px - 0.5 * pw, 0, img_w - 1), np.clip(py - 0.5 * ph, 0, img_h - 1),
+                      np.clip(px + 0.5 * pw, 0, img_w - 1), np.clip(py + 0.5 * ph, 0, img_h - 1)], axis=1)
+    min_size = first("min_size", 16) * img_scale
+    big = np.flatnonzero((boxes[:, 2] - boxes[:, 0] + 1 >= min_size) & (boxes[:, 3] - boxes[:, 1] + 1 >= min_size))
+    order = big[np.argsort(-fg[big], kind="stable")][:int(first("pre_nms_topn", 6000))]
+    keep = []
+    for i in order:  # greedy NMS with +1 areas
+        ok = True
+        for j in keep:
+            iw = min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]) + 1
+            ih = min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]) + 1
+            inter = max(iw, 0) * max(ih, 0)
+            area = lambda k: (boxes[k, 2] - boxes[k, 0] + 1) * (boxes[k, 3] - boxes[k, 1] + 1)
+            if inter / (area(i) + area(j) - inter) > first("nms_thresh", 0.7):
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+    keep = keep[:int(first("post_nms_topn", 300))]
+    return np.concatenate([np.zeros((len(keep), 1)), boxes[keep]], axis=1), fg[keep].reshape(-1, 1)
+
+
 REFERENCES = {
     "Pooling": ref_pooling, "Deconvolution": ref_deconvolution, "Log": ref_log, "LRN": ref_lrn, "MVN": ref_mvn,
     "Scale": ref_scale, "Bias": ref_bias, "InnerProduct": ref_inner_product, "Tile": ref_tile,
     "Reduction": ref_reduction, "ArgMax": ref_argmax, "Embed": ref_embed, "Reorg": ref_reorg,
+    "Proposal": ref_proposal,
     "Threshold": lambda layer, x: (x > layer.param.threshold_param.threshold).astype(np.float32),
 }
 
 
 def numpy_forward(net, feeds):
-    """Every blob version of the net computed by the references (Split copies its bottom)."""
+    """Every blob version of the net computed by the references (Split copies its bottom; a reference
+    returns a tuple for several tops)."""
     values = {}
     for layer in net.layers:
         if layers.is_data(layer.type):
@@ -354,7 +404,8 @@ def numpy_forward(net, feeds):
         elif layer.type == "Split":
             tops = [values[layer.bottoms[0]]] * len(layer.tops)
         else:
-            tops = [np.asarray(REFERENCES[layer.type](layer, *(values[b] for b in layer.bottoms)), np.float32)]
+            computed = REFERENCES[layer.type](layer, *(values[b] for b in layer.bottoms))
+            tops = [np.asarray(top, np.float32) for top in (computed if isinstance(computed, tuple) else (computed,))]
         values.update(zip(layer.tops, tops))
     return values
 
@@ -572,7 +623,7 @@ layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" pooling_param { 
     assert info.value.layer == "pool"
 
 
-BATCHLESS = {"scale_bias_ip"}  # its 'offset' input has no batch axis
+BATCHLESS = {"scale_bias_ip", "proposal"}  # an 'offset' input without a batch axis; one image per Proposal
 
 
 @pytest.mark.parametrize("name", sorted(set(CORPUS) - BATCHLESS))

@@ -1,4 +1,5 @@
-"""SSD's detection layers: PriorBox and OpenCV's PriorBoxClustered (folded to constants), DetectionOutput."""
+"""Detection layers: SSD's PriorBox and OpenCV's PriorBoxClustered (folded to constants), DetectionOutput,
+Faster R-CNN's Proposal."""
 from __future__ import annotations
 
 from .. import caffe_pb2
@@ -9,6 +10,7 @@ from ..priors import box_sizes
 from .channels import PIN
 from .detection_output import detection_output
 from .fork_params import fork_param
+from .proposal import DEFAULT_RATIOS, DEFAULT_SCALES, proposal, proposal_param
 from .registry import Departure, LayerType, NotApplicable, declare
 from .shape_rules import Rule, Shape, fail
 
@@ -80,17 +82,17 @@ def _detection_output(layer: Layer, bottoms: list[Shape]) -> Rule:
 
 
 def _proposal(layer: Layer, bottoms: list[Shape]) -> Rule:
-    """Faster R-CNN's RPN proposals from (scores (N, 2A, H, W), deltas (N, 4A, H, W), im_info): at most
-    post_nms_topn (default 300) rows [batch, x1, y1, x2, y2] per image (data-dependent in Caffe; the
-    declared shape is the bound, as OpenCV declares it), plus their scores (rows, 1) with a second top."""
-    p = fork_param(layer.param, "proposal_param")
-    anchors = max(len(p.values("ratio")), 1) * max(len(p.values("scale")), 1)
+    """Faster R-CNN's RPN proposals from (scores (1, 2A, H, W), deltas (1, 4A, H, W), im_info (1, 3)):
+    at most post_nms_topn rows [0, x1, y1, x2, y2] (data-dependent in Caffe; the declared shape is the
+    bound), plus their scores (rows, 1) with a second top (see ``proposal``)."""
+    p = proposal_param(layer)
+    anchors = len(p.values("ratio") or DEFAULT_RATIOS) * len(p.values("scale") or DEFAULT_SCALES)
     scores, deltas = bottoms[0], bottoms[1]
-    if len(scores) != 4 or len(deltas) != 4 or deltas[1] != 2 * scores[1] or scores[2:] != deltas[2:]:
-        fail(f"Proposal needs (N, 2A, H, W) scores and (N, 4A, H, W) deltas, got {scores} and {deltas}")
-    if p.values("ratio") and p.values("scale") and scores[1] != 2 * anchors:
-        fail(f"Proposal's {anchors} anchors (ratio x scale) need {2 * anchors} score channels, got {scores[1]}")
-    rows = scores[0] * p.get("post_nms_topn", 300)
+    if len(scores) != 4 or scores[1] != 2 * anchors or deltas != (scores[0], 4 * anchors) + scores[2:]:
+        fail(f"Proposal with {anchors} anchors needs (N, {2 * anchors}, H, W) scores and (N, {4 * anchors}, H, W) "
+             f"deltas, got {scores} and {deltas}")
+    rows = p.get("post_nms_topn", 300)
+    rows = rows if rows > 0 else scores[2] * scores[3] * anchors
     return Rule([(rows, 5), (rows, 1)][:len(layer.tops)])
 
 
@@ -113,11 +115,11 @@ declare(
               departures=(Departure("OpenCV's PriorBox ignores img_size/img_h/img_w and needs a variance",
                                     _priorbox_departs),)),
     LayerType("Proposal", shape=_proposal,
-              export=NotApplicable("not written yet: OpenCV's Proposal (anchors, CENTER_SIZE decoding, clipping, "
-                                   "pre/post-NMS top-N, NMS) is expressible with NonMaxSuppression, but no "
-                                   "converter exists; export stops at this layer with its name"),
+              export=proposal,
               channels=PIN, rewrite=NotApplicable("it mixes channels (pinned) and has no blobs"), train=_NO_TORCH,
-              bottoms=3, tops=(1, 2)),
+              bottoms=3, tops=(1, 2),
+              departures=(Departure("OpenCV's Proposal gives other ROIs than py-faster-rcnn's (its own decoding and "
+                                    "box convention: 7 of 40 rows agree on the generated net)"),)),
     LayerType("DetectionOutput", shape=_detection_output,
               export=detection_output,
               channels=PIN, rewrite=NotApplicable("it mixes channels (pinned)"), train=_NO_TORCH, bottoms=(3, 4),

@@ -1,0 +1,109 @@
+"""Reorg, Region, PriorBoxClustered, ROIPooling, PSROIPooling and Proposal beyond the generated corpus
+(tests/test_export.py checks each against OpenCV or a numpy reference): fork parameters, refusals,
+the Reorg torch op, channel pinning with reasons."""
+import numpy as np
+import pytest
+import torch
+
+from caffe_surgery import layers
+from caffe_surgery.errors import CaffeSurgeryError, UnsupportedLayerError
+from caffe_surgery.graph import build_net
+from caffe_surgery.groups import build_groups
+from caffe_surgery.layers.fork_params import fork_param
+from caffe_surgery.onnx_export import export_onnx
+from caffe_surgery.shapes import infer_shapes
+from netgen import CORPUS, parse_net
+from test_export import ref_reorg
+
+
+def _net(text: str):
+    net = build_net(parse_net(text))
+    return net, infer_shapes(net)
+
+
+def _input(name, *dims):
+    shape = " ".join(f"dim: {d}" for d in dims)
+    return f'layer {{ name: "{name}" type: "Input" top: "{name}" input_param {{ shape {{ {shape} }} }} }}\n'
+
+
+def test_fork_params_are_read_from_the_kept_text():
+    layer = parse_net('layer { name: "r" type: "Region" region_param { classes: 3 anchors: 2 softmax: true '
+                      'thresh: 0.25 } prior_box_param { width: 4 width: 6.5 height: 2 height: 3 step: 8 } }').layer[0]
+    region = fork_param(layer, "region_param")
+    assert (region.get("classes", 0), region.get("softmax", False, bool), region.get("thresh", 0.2)) == (3, True, 0.25)
+    assert region.get("nms_threshold", 0.4) == 0.4 and fork_param(layer, "reorg_param").entries == []
+    assert fork_param(layer.prior_box_param).values("width") == [4.0, 6.5]
+    assert layer.prior_box_param.step == 8  # known fields stay in the schema's fields
+
+
+def test_a_bad_fork_value_is_one_error_naming_the_layer():
+    text = _input("data", 1, 8, 4, 4) + 'layer { name: "reorg" type: "Reorg" bottom: "data" top: "r" reorg_param { stride: two } }'
+    with pytest.raises(CaffeSurgeryError, match="reorg.*stride: cannot read 'two'"):
+        _net(text)
+
+
+@pytest.mark.parametrize("stride, shape", [(2, (2, 8, 6, 4)), (3, (1, 18, 6, 9))])
+def test_reorg_torch_op_matches_the_reference(stride, shape):
+    text = _input("data", *shape) + f'layer {{ name: "reorg" type: "Reorg" bottom: "data" top: "r" reorg_param {{ stride: {stride} }} }}'
+    net, shapes = _net(text)
+    layer = net.layers[1]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    op = layers.lookup("Reorg").train.op(layer, [shape], "TEST")
+    (top,) = op([torch.from_numpy(x)], [])
+    np.testing.assert_array_equal(top.numpy(), ref_reorg(layer, x))
+    assert tuple(shapes.blob(layer.tops[0])) == top.shape
+
+
+def test_reorg_needs_channels_divisible_by_the_block():
+    with pytest.raises(CaffeSurgeryError, match="C divisible by 4"):
+        _net(_input("data", 1, 6, 4, 4) + 'layer { name: "reorg" type: "Reorg" bottom: "data" top: "r" }')
+
+
+REGION = (_input("data", 1, 3, 4, 16) + 'layer { name: "region" type: "Region" bottom: "data" top: "region" '
+          'region_param { classes: 3 coords: 4 anchors: 2 softmax: 1 %s } }')
+
+
+@pytest.mark.parametrize("extra, problem", [("softmax_tree: 1", "with softmax_tree"),
+                                            ("scale_x_y: 1.1", "with scale_x_y")])
+def test_region_forms_outside_yolov2_are_refused(extra, problem):
+    net, shapes = _net(REGION % extra)
+    net.layers[1].blobs = [np.ones(4, np.float32)]
+    with pytest.raises(UnsupportedLayerError, match=f"region: Region {problem} cannot be exported"):
+        export_onnx(net, shapes)
+
+
+def test_region_reads_an_nhwc_bottom():
+    with pytest.raises(CaffeSurgeryError, match=r"Region reads an \(N, H, W, 2 \* 8\) bottom"):
+        _net((REGION % "").replace("dim: 16", "dim: 15"))
+
+
+def test_prior_box_clustered_needs_width_height_pairs():
+    text = (_input("data", 1, 2, 3, 4) + _input("img", 1, 3, 30, 40) +
+            'layer { name: "p" type: "PriorBoxClustered" bottom: "data" bottom: "img" top: "p" '
+            'prior_box_param { width: 3 width: 4 height: 2 variance: 0.1 } }')
+    with pytest.raises(CaffeSurgeryError, match="as many width as height values"):
+        _net(text)
+
+
+def test_proposal_refuses_a_batch_of_two():
+    text = CORPUS["proposal"].text.replace("dim: 1 dim: 12", "dim: 2 dim: 12").replace("dim: 1 dim: 24", "dim: 2 dim: 24")
+    net, shapes = _net(text)
+    with pytest.raises(UnsupportedLayerError, match="proposal: Proposal with a batch of 2"):
+        export_onnx(net, shapes)
+
+
+def test_proposal_with_a_dynamic_batch_is_refused():
+    net, shapes = _net(CORPUS["proposal"].text)
+    with pytest.raises(CaffeSurgeryError, match="one image per forward"):
+        export_onnx(net, shapes, dynamic_batch=True)
+
+
+def test_roi_pooling_carries_feature_channels_and_the_others_pin_with_reasons():
+    net, shapes = _net(CORPUS["roi_pooling"].text)
+    groups = build_groups(net, shapes)
+    conv = groups.of_layer("conv")
+    assert {m.layer for m in conv.members} >= {"roi_pool"}
+    assert any("PSROIPooling 'psroi_pool'" in reason for reason in conv.pinned)
+    net, shapes = _net(CORPUS["yolo_v2"].text)
+    reasons = [r for g in build_groups(net, shapes).groups for r in g.pinned]
+    assert any("Reorg 'reorg'" in r for r in reasons) and any("Region 'region'" in r for r in reasons)

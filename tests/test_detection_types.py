@@ -1,6 +1,7 @@
 """Reorg, Region, PriorBoxClustered, ROIPooling, PSROIPooling and Proposal beyond the generated corpus
 (tests/test_export.py checks each against OpenCV or a numpy reference): fork parameters, refusals,
 the Reorg torch op, channel pinning with reasons."""
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,9 +11,14 @@ from caffe_surgery.errors import CaffeSurgeryError, UnsupportedLayerError
 from caffe_surgery.graph import build_net
 from caffe_surgery.groups import build_groups
 from caffe_surgery.layers.fork_params import fork_param
+from caffe_surgery.model import load_model
 from caffe_surgery.onnx_export import export_onnx
+from caffe_surgery.runtime import Runtime
+from caffe_surgery.save import save_caffemodel, save_prototxt
 from caffe_surgery.shapes import infer_shapes
-from netgen import CORPUS, parse_net
+from caffe_surgery.surgery import apply_plan
+from netgen import CORPUS, parse_net, write_net
+from oracle import masked_copy, random_keep, switch_off
 from test_export import ref_reorg
 
 
@@ -107,3 +113,33 @@ def test_roi_pooling_carries_feature_channels_and_the_others_pin_with_reasons():
     net, shapes = _net(CORPUS["yolo_v2"].text)
     reasons = [r for g in build_groups(net, shapes).groups for r in g.pinned]
     assert any("Reorg 'reorg'" in r for r in reasons) and any("Region 'region'" in r for r in reasons)
+
+
+def test_pruning_through_roi_pooling_is_exact(tmp_path):
+    """conv -> ROIPooling -> InnerProduct: a random half of conv's channels go; the pruned net equals the
+    original with them switched off, in OpenCV and onnxruntime."""
+    text = CORPUS["roi_pooling"].text
+    text = text[:text.index('layer { name: "psroi_pool"')] + text[text.index('layer { name: "fc"'):]
+    generated = write_net(text, tmp_path, "roi", feeds=CORPUS["roi_pooling"].feeds)
+    model = load_model(generated.prototxt, generated.caffemodel)
+    net, shapes = model.net, model.shapes
+    groups = build_groups(net, shapes)
+    keep = random_keep(groups, np.random.default_rng(1), 0.5)
+    assert groups.of_layer("conv").id in keep
+    pruned, pruned_shapes = apply_plan(net, shapes, groups, keep)
+    masked = masked_copy(net, switch_off(net, shapes, groups, keep))
+    inputs = generated.inputs(np.random.default_rng(2))
+    results = []
+    for candidate, stem in ((pruned, "pruned"), (masked, "masked")):
+        save_prototxt(candidate, tmp_path / f"{stem}.prototxt")
+        save_caffemodel(candidate, tmp_path / f"{stem}.caffemodel")
+        opencv = cv2.dnn.readNetFromCaffe(str(tmp_path / f"{stem}.prototxt"), str(tmp_path / f"{stem}.caffemodel"))
+        for name, value in inputs.items():
+            opencv.setInput(value, name)
+        results.append(opencv.forward("fc"))
+    np.testing.assert_allclose(results[0], results[1], rtol=0, atol=1e-5 * max(1.0, np.abs(results[1]).max()))
+    got = Runtime(pruned, pruned_shapes, device="cpu").run(inputs)
+    want = Runtime(masked, shapes, device="cpu").run(inputs)
+    key = net.outputs()[0].key
+    np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-5 * max(1.0, np.abs(want[key]).max()))
+    assert pruned.layer("fc").blobs[0].shape[1] < net.layer("fc").blobs[0].shape[1]

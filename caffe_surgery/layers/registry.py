@@ -34,8 +34,8 @@ KINDS = (LAYER, DATA, TRAINING_ONLY)
 """LAYER computes tops from bottoms; DATA feeds the net (its tops become graph inputs);
 TRAINING_ONLY (losses, Accuracy, Silence) is left out of deploy graphs."""
 
-FAMILIES = ("convolution", "pooling", "activation", "normalization", "arithmetic", "tensor", "yolo",
-            "recurrent", "detection", "data", "loss")
+FAMILIES = ("convolution", "pooling", "activation", "normalization", "arithmetic", "tensor",
+            "recurrent", "detection", "yolo", "data", "loss")
 """The built-in family modules of ``caffe_surgery.layers``."""
 
 

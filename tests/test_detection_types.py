@@ -143,3 +143,20 @@ def test_pruning_through_roi_pooling_is_exact(tmp_path):
     key = net.outputs()[0].key
     np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-5 * max(1.0, np.abs(want[key]).max()))
     assert pruned.layer("fc").blobs[0].shape[1] < net.layer("fc").blobs[0].shape[1]
+
+
+@pytest.mark.parametrize("params, departs", [("anchors: 2 softmax: 1", False), ("num: 2 softmax: 1", True),
+                                             ("anchors: 2 softmax: true", True)])
+def test_region_departure_follows_what_opencv_reads(params, departs, tmp_path):
+    text = (_input("data", 1, 3, 4, 16) + 'layer { name: "region" type: "Region" bottom: "data" top: "region" '
+            f'region_param {{ classes: 3 coords: 4 {params} }} }}')
+    net, _ = _net(text)
+    assert bool(layers.lookup("Region").departures_for(net.layers[1])) == departs
+    generated = write_net(text, tmp_path, "region")
+    opencv = cv2.dnn.readNetFromCaffe(str(generated.prototxt), str(generated.caffemodel))
+    opencv.setInput(np.zeros((1, 3, 4, 16), np.float32))
+    if departs:
+        with pytest.raises(cv2.error):
+            opencv.forward()
+    else:
+        assert opencv.forward().shape == (24, 8)

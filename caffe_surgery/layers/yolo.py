@@ -153,6 +153,13 @@ def _suppress(ctx: LayerContext, boxes: str, probs: str, n: int, count: int, cla
     return ctx.node("Mul", [probs, ctx.node("Reshape", [mask, shape])])
 
 
+def _opencv_misreads_region(layer: Layer) -> bool:
+    """OpenCV counts anchors only from ``anchors`` (else 5) and reads softmax/logistic only as numbers."""
+    p = region_param(layer)
+    words = [raw.lower() for key, raw in p.entries if key in ("softmax", "logistic")]
+    return not p.values("anchors") or any(word in ("true", "false") for word in words)
+
+
 @custom("reads every channel of each cell as box fields and class scores: pins them")
 def _region_channels(builder, layer, bottoms) -> None:
     pin_all(builder, layer, bottoms, f"read by Region '{layer.name}' as box coordinates and class scores",
@@ -166,5 +173,8 @@ declare(
                                     lambda layer: reorg_stride(layer) != 2),)),
     LayerType("Region", shape=_region_shape, export=_region, channels=_region_channels,
               rewrite=NotApplicable("its channels are pinned; its anchors blob counts none"),
-              train=NotApplicable("thresholding and NMS are not differentiable; no torch op")),
+              train=NotApplicable("thresholding and NMS are not differentiable; no torch op"),
+              departures=(Departure("OpenCV's Region takes the anchor count only from region_param.anchors (5 "
+                                    "without it) and softmax/logistic only as numbers (softmax: true fails to load)",
+                                    _opencv_misreads_region),)),
 )

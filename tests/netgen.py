@@ -337,13 +337,20 @@ layer { name: "prior2" type: "PriorBox" bottom: "norm2" bottom: "data" top: "pri
                     clip: false variance: 0.1 step: 7 offset: 0.25 } }
 layer { name: "prior3" type: "PriorBox" bottom: "norm2" bottom: "data" top: "prior3"
   prior_box_param { min_size: 20 aspect_ratio: 0.5 step_h: 5 step_w: 9 variance: 0.2 } }
-layer { name: "prior4" type: "PriorBoxClustered" bottom: "norm1" bottom: "data" top: "prior4"
+layer { name: "priors" type: "Concat" bottom: "prior1" bottom: "prior2" bottom: "prior3" top: "priors"
+  concat_param { axis: 2 } }
+"""),
+    # OpenCV's PriorBoxClustered: explicit width/height pairs, a step, clipping or not, 4 or 1 variances.
+    "prior_box_clustered": _spec({"data": Feed((1, 3, 24, 30))}, """
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 stride: 4 pad: 1 } }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+  convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "prior1" type: "PriorBoxClustered" bottom: "conv1" bottom: "data" top: "prior1"
   prior_box_param { width: 5 width: 11.5 height: 7 height: 3 clip: false step: 4 offset: 0.5
                     variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }
-layer { name: "prior5" type: "PriorBoxClustered" bottom: "norm2" bottom: "data" top: "prior5"
+layer { name: "prior2" type: "PriorBoxClustered" bottom: "conv2" bottom: "data" top: "prior2"
   prior_box_param { width: 30 height: 18 clip: true variance: 0.1 } }
-layer { name: "priors" type: "Concat" bottom: "prior1" bottom: "prior2" bottom: "prior3" bottom: "prior4"
-  bottom: "prior5" top: "priors" concat_param { axis: 2 } }
 """),
     # An SSD detector: two DetectionOutput heads (CENTER_SIZE with shared locations, CORNER per class with
     # another background label), Normalize, Permute, Flatten, PriorBox, Softmax over classes.

@@ -115,34 +115,47 @@ def test_roi_pooling_carries_feature_channels_and_the_others_pin_with_reasons():
     assert any("Reorg 'reorg'" in r for r in reasons) and any("Region 'region'" in r for r in reasons)
 
 
-def test_pruning_through_roi_pooling_is_exact(tmp_path):
-    """conv -> ROIPooling -> InnerProduct: a random half of conv's channels go; the pruned net equals the
-    original with them switched off, in OpenCV and onnxruntime."""
-    text = CORPUS["roi_pooling"].text
-    text = text[:text.index('layer { name: "psroi_pool"')] + text[text.index('layer { name: "fc"'):]
-    generated = write_net(text, tmp_path, "roi", feeds=CORPUS["roi_pooling"].feeds)
+def _assert_prune_is_exact(text, feeds, output, directory):
+    """A random half of every prunable group goes; the pruned net equals the original with those channels
+    switched off, in OpenCV and onnxruntime. Returns the pruned net."""
+    generated = write_net(text, directory, "net", feeds=feeds)
     model = load_model(generated.prototxt, generated.caffemodel)
     net, shapes = model.net, model.shapes
     groups = build_groups(net, shapes)
     keep = random_keep(groups, np.random.default_rng(1), 0.5)
-    assert groups.of_layer("conv").id in keep
+    assert keep, "something to prune"
     pruned, pruned_shapes = apply_plan(net, shapes, groups, keep)
     masked = masked_copy(net, switch_off(net, shapes, groups, keep))
     inputs = generated.inputs(np.random.default_rng(2))
     results = []
     for candidate, stem in ((pruned, "pruned"), (masked, "masked")):
-        save_prototxt(candidate, tmp_path / f"{stem}.prototxt")
-        save_caffemodel(candidate, tmp_path / f"{stem}.caffemodel")
-        opencv = cv2.dnn.readNetFromCaffe(str(tmp_path / f"{stem}.prototxt"), str(tmp_path / f"{stem}.caffemodel"))
+        save_prototxt(candidate, directory / f"{stem}.prototxt")
+        save_caffemodel(candidate, directory / f"{stem}.caffemodel")
+        opencv = cv2.dnn.readNetFromCaffe(str(directory / f"{stem}.prototxt"), str(directory / f"{stem}.caffemodel"))
         for name, value in inputs.items():
             opencv.setInput(value, name)
-        results.append(opencv.forward("fc"))
+        results.append(opencv.forward(output))
     np.testing.assert_allclose(results[0], results[1], rtol=0, atol=1e-5 * max(1.0, np.abs(results[1]).max()))
-    got = Runtime(pruned, pruned_shapes, device="cpu").run(inputs)
-    want = Runtime(masked, shapes, device="cpu").run(inputs)
-    key = net.outputs()[0].key
-    np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-5 * max(1.0, np.abs(want[key]).max()))
+    key = next(v.key for v in net.outputs() if v.name == output)
+    got = Runtime(pruned, pruned_shapes, device="cpu").run(inputs)[key]
+    want = Runtime(masked, shapes, device="cpu").run(inputs)[key]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1.0, np.abs(want).max()))
+    return net, pruned
+
+
+def test_pruning_through_roi_pooling_is_exact(tmp_path):
+    """conv -> ROIPooling -> InnerProduct: conv's channels go through the ROI pooling into fc's inputs."""
+    text = CORPUS["roi_pooling"].text
+    text = text[:text.index('layer { name: "psroi_pool"')] + text[text.index('layer { name: "fc"'):]
+    net, pruned = _assert_prune_is_exact(text, CORPUS["roi_pooling"].feeds, "fc", tmp_path)
     assert pruned.layer("fc").blobs[0].shape[1] < net.layer("fc").blobs[0].shape[1]
+
+
+def test_pruning_a_yolo_v2_head_is_exact(tmp_path):
+    """The strided branch concatenated beside Reorg's output stays prunable; Reorg's input is pinned."""
+    net, pruned = _assert_prune_is_exact(CORPUS["yolo_v2"].text, CORPUS["yolo_v2"].feeds, "region_logistic",
+                                         tmp_path)
+    assert pruned.layer("conv2").blobs[0].shape[0] < 8 and pruned.layer("conv1").blobs[0].shape[0] == 8
 
 
 @pytest.mark.parametrize("params, departs", [("anchors: 2 softmax: 1", False), ("num: 2 softmax: 1", True),

@@ -1,12 +1,15 @@
 """Reorg, Region, PriorBoxClustered, ROIPooling, PSROIPooling and Proposal beyond the generated corpus
 (tests/test_export.py checks each against OpenCV or a numpy reference): fork parameters, refusals,
 the Reorg torch op, channel pinning with reasons."""
+import re
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from caffe_surgery import layers
+from caffe_surgery.cli import main
 from caffe_surgery.errors import CaffeSurgeryError, UnsupportedLayerError
 from caffe_surgery.graph import build_net
 from caffe_surgery.groups import build_groups
@@ -17,7 +20,7 @@ from caffe_surgery.runtime import Runtime
 from caffe_surgery.save import save_caffemodel, save_prototxt
 from caffe_surgery.shapes import infer_shapes
 from caffe_surgery.surgery import apply_plan
-from netgen import CORPUS, parse_net, write_net
+from netgen import CORPUS, generate, parse_net, write_net
 from oracle import masked_copy, random_keep, switch_off
 from test_export import ref_reorg
 
@@ -173,3 +176,34 @@ def test_region_departure_follows_what_opencv_reads(params, departs, tmp_path):
             opencv.forward()
     else:
         assert opencv.forward().shape == (24, 8)
+
+
+FORK_KEYS = ["stride:", "anchors:", "thresh:", "width:", "height:", "pooled_h:", "group_size:", "feat_stride:",
+             "ratio:", "scale:"]
+
+
+@pytest.mark.parametrize("name", ["yolo_v2", "roi_pooling", "proposal", "prior_box_clustered"])
+def test_cli_verbs_keep_the_fork_parameters(name, tmp_path, capsys):
+    """info --groups, check, upgrade, export and a weight-l1 prune through the command line; what upgrade and
+    prune write keeps the fork parameters and loads in OpenCV. (Only yolo_v2 has a prunable group: the others'
+    convolutions feed pinning layers or net outputs, and prune says so.)"""
+    generated = generate(name, tmp_path)
+    for argv in (["info", generated.prototxt, "--groups"], ["check", generated.prototxt, "-w", generated.caffemodel],
+                 ["upgrade", generated.prototxt, tmp_path / "up.prototxt", "-w", generated.caffemodel,
+                  "-o", tmp_path / "up.caffemodel"],
+                 ["export", tmp_path / "up.prototxt", "-w", tmp_path / "up.caffemodel", "-o", tmp_path / "net.onnx"]):
+        assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    code = main([str(a) for a in ["prune", tmp_path / "up.prototxt", "-w", tmp_path / "up.caffemodel", "--criterion",
+                                  "weight-l1", "--ratio", "0.5", "-o", tmp_path / "small"]])
+    written = ["up.prototxt"]
+    if name == "yolo_v2":
+        assert code == 0
+        written.append("small.prototxt")
+    else:
+        assert code == 1 and "the net has no prunable group" in capsys.readouterr().err
+    original = generated.prototxt.read_text()
+    for prototxt in written:
+        text = (tmp_path / prototxt).read_text()
+        for param in re.findall(r"(\w+_param) \{", original) + FORK_KEYS:
+            assert text.count(param) == original.count(param), f"{prototxt}: {param}"
+        cv2.dnn.readNetFromCaffe(str(tmp_path / prototxt), str(tmp_path / prototxt.replace("prototxt", "caffemodel")))

@@ -33,13 +33,17 @@ class Feed:
     low: float | None = None
     high: float | None = None
     integers: bool = False
+    column_scale: tuple[float, ...] | None = None
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """A draw; with ``column_scale``, the last axis's entries are multiplied column by column (ROI rows)."""
         if self.integers:
-            return rng.integers(int(self.low), int(self.high), self.shape).astype(np.float32)
-        if self.low is not None:
-            return rng.uniform(self.low, self.high, self.shape).astype(np.float32)
-        return rng.standard_normal(self.shape).astype(np.float32)
+            value = rng.integers(int(self.low), int(self.high), self.shape).astype(np.float32)
+        elif self.low is not None:
+            value = rng.uniform(self.low, self.high, self.shape).astype(np.float32)
+        else:
+            value = rng.standard_normal(self.shape).astype(np.float32)
+        return value if self.column_scale is None else value * np.asarray(self.column_scale, np.float32)
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,8 @@ def _positive(shapes, rng):
     return [rng.uniform(0.5, 2.0, shape) for shape in shapes]
 
 
-WEIGHT_RULES: dict[str, WeightRule] = {"BatchNorm": _batch_norm, "PReLU": _slopes, "Normalize": _positive}
+WEIGHT_RULES: dict[str, WeightRule] = {"BatchNorm": _batch_norm, "PReLU": _slopes, "Normalize": _positive,
+                                       "Region": _positive}
 """Layer types whose blobs need more than fan-in scaled normal values."""
 
 
@@ -343,6 +348,18 @@ layer { name: "prior3" type: "PriorBox" bottom: "norm2" bottom: "data" top: "pri
 layer { name: "priors" type: "Concat" bottom: "prior1" bottom: "prior2" bottom: "prior3" top: "priors"
   concat_param { axis: 2 } }
 """),
+    # OpenCV's PriorBoxClustered: explicit width/height pairs, a step, clipping or not, 4 or 1 variances.
+    "prior_box_clustered": _spec({"data": Feed((1, 3, 24, 30))}, """
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 stride: 4 pad: 1 } }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+  convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "prior1" type: "PriorBoxClustered" bottom: "conv1" bottom: "data" top: "prior1"
+  prior_box_param { width: 5 width: 11.5 height: 7 height: 3 clip: false step: 4 offset: 0.5
+                    variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }
+layer { name: "prior2" type: "PriorBoxClustered" bottom: "conv2" bottom: "data" top: "prior2"
+  prior_box_param { width: 30 height: 18 clip: true variance: 0.1 } }
+"""),
     # An SSD detector: two DetectionOutput heads (CENTER_SIZE with shared locations, CORNER per class with
     # another background label), Normalize, Permute, Flatten, PriorBox, Softmax over classes.
     "ssd_detection": _spec({"data": Feed((2, 3, 24, 30))}, """
@@ -375,6 +392,47 @@ layer { name: "detection_corner" type: "DetectionOutput" bottom: "loc_per_class"
   detection_output_param { num_classes: 3 share_location: false background_label_id: 1 code_type: CORNER
     nms_param { nms_threshold: 0.3 } keep_top_k: 100
     confidence_threshold: 0.34 } }
+"""),
+    # A YOLOv2 head: Reorg (OpenCV's channel order) concatenated with a strided branch, a Permute to NHWC and
+    # two Region layers (softmax with NMS, logistic without), anchors as blob 0.
+    "yolo_v2": _spec({"data": Feed((2, 3, 12, 16))}, """
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "reorg" type: "Reorg" bottom: "conv1" top: "reorg" reorg_param { stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+  convolution_param { num_output: 8 kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "concat" type: "Concat" bottom: "reorg" bottom: "conv2" top: "concat" }
+layer { name: "head" type: "Convolution" bottom: "concat" top: "head" convolution_param { num_output: 16 kernel_size: 1 } }
+layer { name: "head_perm" type: "Permute" bottom: "head" top: "head_perm"
+  permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "region" type: "Region" bottom: "head_perm" top: "region"
+  region_param { classes: 3 coords: 4 anchors: 2 softmax: 1 thresh: 0.1 nms_threshold: 0.3 } }
+layer { name: "region_logistic" type: "Region" bottom: "head_perm" top: "region_logistic"
+  region_param { classes: 3 coords: 4 anchors: 2 logistic: 1 thresh: 0.3 nms_threshold: 0 } }
+"""),
+    # Reorg by 3, which OpenCV does not read (it reorganises by 2).
+    "reorg_stride3": _spec({"data": Feed((2, 18, 6, 9))}, """
+layer { name: "reorg" type: "Reorg" bottom: "data" top: "reorg" reorg_param { stride: 3 } }
+"""),
+    # Faster R-CNN's ROIPooling and R-FCN's PSROIPooling over ROIs [batch, x1, y1, x2, y2] in image pixels
+    # (some reversed, some past the map), at two batch images.
+    "roi_pooling": _spec({"data": Feed((2, 3, 20, 24)), "rois": Feed((6, 5), -0.1, 1.0, column_scale=(1.99, 60, 50, 60, 50))},
+                         """
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 8 kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "roi_pool" type: "ROIPooling" bottom: "conv" bottom: "rois" top: "roi_pool"
+  roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.25 } }
+layer { name: "psroi_pool" type: "PSROIPooling" bottom: "conv" bottom: "rois" top: "psroi_pool"
+  psroi_pooling_param { spatial_scale: 0.25 output_dim: 2 group_size: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "roi_pool" top: "fc" inner_product_param { num_output: 4 } }
+"""),
+    # Faster R-CNN's RPN Proposal (6 anchors on a 10 x 12 map, stride 16) over probabilities, deltas and
+    # im_info (about 160 x 190 pixels at scale about 1), with a scores top.
+    "proposal": _spec({"rpn_prob": Feed((1, 12, 10, 12), 0.0, 1.0), "rpn_deltas": Feed((1, 24, 10, 12)),
+                       "im_info": Feed((1, 3), 0.99, 1.0, column_scale=(160.0, 190.0, 1.0))}, """
+layer { name: "proposal" type: "Proposal" bottom: "rpn_prob" bottom: "rpn_deltas" bottom: "im_info"
+  top: "rois" top: "roi_scores"
+  proposal_param { feat_stride: 16 base_size: 16 min_size: 16 ratio: 0.5 ratio: 1 ratio: 2 scale: 1 scale: 2
+                   pre_nms_topn: 300 post_nms_topn: 40 nms_thresh: 0.6 } }
 """),
     # Threshold, Tile.
     "threshold_tile": _spec({"data": Feed((2, 3, 4, 5))}, """

@@ -2,6 +2,7 @@
 references of Caffe's semantics, checker/strict shape inference, names, taps, errors."""
 import dataclasses
 import math
+import re
 
 import cv2
 import numpy as np
@@ -9,11 +10,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from caffe_surgery import caffe_pb2, layers
 from caffe_surgery.errors import UnsupportedLayerError
 from caffe_surgery.graph import build_net
 from caffe_surgery.layers.resize import interp_geometry
+from caffe_surgery.layers.yolo import reorg_stride
 from caffe_surgery.model import load_model
 from caffe_surgery.onnx_export import export_onnx, graph_outputs, save_onnx, supported_types, tensor_names
 from caffe_surgery.shapes import infer_shapes
@@ -118,10 +121,16 @@ def corpus_departures(name: str) -> list[layers.Departure]:
 
 
 # Corpus nets OpenCV does not run as Caffe does are checked against the numpy references below instead;
-# the reasons are the departures the layer declarations record. Departures caused only by OpenCV's
+# the reasons are the departures the layer declarations record. Departures in row order and padding only
+# compare rows as sets; departures caused only by OpenCV's
 # layer fusion just turn fusion off.
-NUMPY_NETS = {name: "; ".join(dict.fromkeys(d.what for d in corpus_departures(name) if not d.fusion))
-              for name in CORPUS if any(not d.fusion for d in corpus_departures(name))}
+def _semantic(departure: layers.Departure) -> bool:
+    """A departure in values, not only in fusion or in the order/padding of rows."""
+    return not (departure.fusion or departure.as_sets)
+
+
+NUMPY_NETS = {name: "; ".join(dict.fromkeys(d.what for d in corpus_departures(name) if _semantic(d)))
+              for name in CORPUS if any(_semantic(d) for d in corpus_departures(name))}
 OPENCV_NETS = sorted(set(CORPUS) - set(NUMPY_NETS))
 
 
@@ -156,7 +165,8 @@ def test_corpus_matches_opencv_at_every_blob(name, tmp_path):
                                 fusion=not any(d.fusion for d in corpus_departures(name)))
     for version, reference in zip(taps, references):
         result = results[version.name]
-        if net.producer(version).type == "DetectionOutput":  # the same set of detections
+        producer = net.producer(version)
+        if any(d.as_sets for d in layers.lookup(producer.type).departures_for(producer)):  # the same set of rows
             result, reference = ssd_reference.comparable(result), ssd_reference.comparable(reference)
         assert_close(result, reference, f"{name}: {version.key}")
 
@@ -368,6 +378,65 @@ def ref_interp(layer, x):
     return (1 - wh) * top + wh * bottom
 
 
+def ref_reorg(layer, x):
+    """darknet's reorg_cpu (forward 0) with the bottom's sizes, index by index."""
+    s = reorg_stride(layer)
+    n, c, h, w = x.shape
+    flat, top = x.reshape(-1), np.empty(x.size, np.float32)
+    out_c = c // (s * s)
+    for b, k, j, i in np.ndindex(n, c, h, w):
+        offset = k // out_c
+        source = i * s + offset % s + w * s * (j * s + offset // s + h * s * (k % out_c + out_c * b))
+        top[i + w * (j + h * (k + c * b))] = flat[source]
+    return top.reshape(n, c * s * s, h // s, w // s)
+
+
+def ref_proposal(layer, scores, deltas, im_info):
+    """py-faster-rcnn's proposal_layer.py forward (one image), step by step."""
+    text = "".join(f.data.decode() for f in UnknownFieldSet(layer.param))
+    values = lambda key: [float(v) for v in re.findall(rf"\b{key}\s*:\s*([-+.\deE]+)", text)]
+    first = lambda key, default: (values(key) or [default])[0]
+    ratios, scales = values("ratio") or [0.5, 1, 2], values("scale") or [8, 16, 32]
+    base, stride = first("base_size", 16), first("feat_stride", 16)
+    anchors = []
+    for ratio in ratios:  # _ratio_enum, then _scale_enum, around the base box [0, 0, base - 1, base - 1]
+        ws = np.round(np.sqrt(base * base / ratio))
+        hs = np.round(ws * ratio)
+        for scale in scales:
+            w, h, c = ws * scale, hs * scale, (base - 1) / 2
+            anchors.append([c - 0.5 * (w - 1), c - 0.5 * (h - 1), c + 0.5 * (w - 1), c + 0.5 * (h - 1)])
+    a, (height, width) = len(anchors), scores.shape[2:]
+    sx, sy = np.meshgrid(np.arange(width) * stride, np.arange(height) * stride)
+    shifts = np.stack([sx.ravel(), sy.ravel(), sx.ravel(), sy.ravel()], axis=1)
+    boxes = (np.asarray(anchors)[None] + shifts[:, None]).reshape(-1, 4)
+    d = deltas.transpose(0, 2, 3, 1).reshape(-1, 4).astype(np.float64)
+    fg = scores[:, a:].transpose(0, 2, 3, 1).reshape(-1)
+    w, h = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
+    cx, cy = boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h
+    px, py, pw, ph = d[:, 0] * w + cx, d[:, 1] * h + cy, np.exp(d[:, 2]) * w, np.exp(d[:, 3]) * h
+    img_h, img_w, img_scale = im_info.reshape(-1)[:3]
+    boxes = np.stack([np.clip(px - 0.5 * pw, 0, img_w - 1), np.clip(py - 0.5 * ph, 0, img_h - 1),
+                      np.clip(px + 0.5 * pw, 0, img_w - 1), np.clip(py + 0.5 * ph, 0, img_h - 1)], axis=1)
+    min_size = first("min_size", 16) * img_scale
+    big = np.flatnonzero((boxes[:, 2] - boxes[:, 0] + 1 >= min_size) & (boxes[:, 3] - boxes[:, 1] + 1 >= min_size))
+    order = big[np.argsort(-fg[big], kind="stable")][:int(first("pre_nms_topn", 6000))]
+    keep = []
+    for i in order:  # greedy NMS with +1 areas
+        ok = True
+        for j in keep:
+            iw = min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]) + 1
+            ih = min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]) + 1
+            inter = max(iw, 0) * max(ih, 0)
+            area = lambda k: (boxes[k, 2] - boxes[k, 0] + 1) * (boxes[k, 3] - boxes[k, 1] + 1)
+            if inter / (area(i) + area(j) - inter) > first("nms_thresh", 0.7):
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+    keep = keep[:int(first("post_nms_topn", 300))]
+    return np.concatenate([np.zeros((len(keep), 1)), boxes[keep]], axis=1), fg[keep].reshape(-1, 1)
+
+
 REFERENCES = {
     "Pooling": ref_pooling, "Deconvolution": ref_deconvolution, "Log": ref_log, "LRN": ref_lrn, "MVN": ref_mvn,
     "Scale": ref_scale, "Bias": ref_bias, "InnerProduct": ref_inner_product, "Tile": ref_tile,
@@ -376,12 +445,14 @@ REFERENCES = {
     "Clip": lambda layer, x: np.clip(x, layer.param.clip_param.min, layer.param.clip_param.max),
     "SoftMax": lambda layer, x: np.exp(x) / np.exp(x).sum(axis=layer.param.softmax_param.axis, keepdims=True),
     "Swish": lambda layer, x: x / (1 + np.exp(-layer.param.swish_param.beta * x.astype(np.float64))),
+    "Reorg": ref_reorg, "Proposal": ref_proposal,
     "Threshold": lambda layer, x: (x > layer.param.threshold_param.threshold).astype(np.float32),
 }
 
 
 def numpy_forward(net, feeds):
-    """Every blob version of the net computed by the references (Split copies its bottom)."""
+    """Every blob version of the net computed by the references (Split copies its bottom; a reference
+    returns a tuple for several tops)."""
     values = {}
     for layer in net.layers:
         if layers.is_data(layer.type):
@@ -389,7 +460,8 @@ def numpy_forward(net, feeds):
         elif layer.type == "Split":
             tops = [values[layer.bottoms[0]]] * len(layer.tops)
         else:
-            tops = [np.asarray(REFERENCES[layer.type](layer, *(values[b] for b in layer.bottoms)), np.float32)]
+            computed = REFERENCES[layer.type](layer, *(values[b] for b in layer.bottoms))
+            tops = [np.asarray(top, np.float32) for top in (computed if isinstance(computed, tuple) else (computed,))]
         values.update(zip(layer.tops, tops))
     return values
 
@@ -607,7 +679,7 @@ layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" pooling_param { 
     assert info.value.layer == "pool"
 
 
-BATCHLESS = {"scale_bias_ip"}  # its 'offset' input has no batch axis
+BATCHLESS = {"scale_bias_ip", "proposal"}  # an 'offset' input without a batch axis; one image per Proposal
 
 
 @pytest.mark.parametrize("name", sorted(set(CORPUS) - BATCHLESS))

@@ -87,7 +87,7 @@ layer { name: "a" type: "Interp" bottom: "data" top: "a" interp_param { zoom_fac
 layer { name: "b" type: "Interp" bottom: "data" top: "b" interp_param { shrink_factor: 4 zoom_factor: 3 } }
 """)
     a = interp_param(net.layer("a"))
-    assert a.values == {**INTERP_DEFAULTS, "zoom_factor": 2, "pad_end": -1} and a.given == {"zoom_factor", "pad_end"}
+    assert a.settings() == {**INTERP_DEFAULTS, "zoom_factor": 2, "pad_end": -1} and a.given == {"zoom_factor", "pad_end"}
     shapes = infer_shapes(net)
     assert shapes.blob(net.final("a")) == (1, 2, 8 + 7, 8 + 7)  # effective 8: 8 + 7 * (2 - 1)
     assert shapes.blob(net.final("b")) == (1, 2, 7, 7)  # (9 - 1) // 4 + 1 = 3, then 3 + 2 * (3 - 1)
@@ -111,7 +111,7 @@ layer {{ name: "resize" type: "Interp" bottom: "data" top: "resize" {param} }}
 
 def test_a_fork_param_given_only_in_binary_form_reads_as_its_defaults():
     layer = caffe_pb2.LayerParameter(name="x", type="Interp")
-    assert fork_param(layer, "interp_param", INTERP_DEFAULTS).values == INTERP_DEFAULTS
+    assert fork_param(layer, "interp_param", INTERP_DEFAULTS).settings() == INTERP_DEFAULTS
 
 
 # ------------------------------------------------------------------ the torch ops of the new types

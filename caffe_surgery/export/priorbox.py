@@ -4,14 +4,16 @@ import numpy as np
 from ..priors import box_sizes
 
 
-def prior_boxes(param, layer_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
-    """The PriorBox top, shape (1, 2, H * W * priors * 4): corner boxes, then their variances."""
+def prior_boxes(param, layer_hw: tuple[int, int], image_hw: tuple[int, int],
+                sizes: list[tuple[float, float]] | None = None) -> np.ndarray:
+    """The PriorBox top, shape (1, 2, H * W * priors * 4): corner boxes, then their variances; ``sizes``
+    are the (width, height) of the priors at each position (default: SSD's, from min/max size and ratios)."""
     layer_h, layer_w = layer_hw
     img_h, img_w = _image_size(param, image_hw)
     step_h, step_w = _steps(param, img_h / layer_h, img_w / layer_w)
     centers_y = (np.arange(layer_h) + param.offset) * step_h
     centers_x = (np.arange(layer_w) + param.offset) * step_w
-    sizes = np.asarray(box_sizes(param), dtype=np.float64)
+    sizes = np.asarray(box_sizes(param) if sizes is None else sizes, dtype=np.float64)
     cy, cx = np.meshgrid(centers_y, centers_x, indexing="ij")
     cx, cy = cx[:, :, None], cy[:, :, None]
     half_w, half_h = sizes[:, 0] / 2, sizes[:, 1] / 2

@@ -1,4 +1,5 @@
-"""Pooling with Caffe's output size and Caffe's AVE divisor.
+"""Pooling with Caffe's output size and Caffe's AVE divisor; ROI pooling (Faster R-CNN's ROIPooling,
+R-FCN's PSROIPooling).
 
 Caffe sizes the output with ceil (or floor) division, then drops a last window
 that would start in the end padding; the inferred top shape says the result.
@@ -18,7 +19,8 @@ from .. import caffe_pb2
 from ..caffe_pb2 import PoolingParameter
 from ..export.context import LayerContext
 from ..graph import Layer
-from .channels import PASS_THROUGH, PIN
+from .channels import PASS_THROUGH, PIN, custom, pin_all
+from .fork_params import fork_param
 from .registry import Departure, LayerType, NotApplicable, Train, declare
 from .shape_rules import Rule, Shape, fail
 
@@ -160,6 +162,134 @@ def _spp(layer: Layer, bottoms: list[Shape]) -> Rule:
     return Rule([(shape[0], total)])
 
 
+# ------------------------------------------------------------------ ROI pooling (Faster R-CNN, R-FCN)
+
+def roi_pooling_param(layer: Layer) -> tuple[int, int, float]:
+    """(pooled_h, pooled_w, spatial_scale) of Faster R-CNN's fork ``roi_pooling_param`` (defaults 0, 0, 1)."""
+    p = fork_param(layer.param, "roi_pooling_param")
+    pooled = p.get("pooled_h", 0), p.get("pooled_w", 0)
+    if min(pooled) < 1:
+        fail(f"ROIPooling needs pooled_h and pooled_w >= 1, got {pooled}")
+    return pooled[0], pooled[1], p.get("spatial_scale", 1.0)
+
+
+def psroi_pooling_param(layer: Layer) -> tuple[float, int, int]:
+    """(spatial_scale, output_dim, group_size) of R-FCN's fork ``psroi_pooling_param`` (all required)."""
+    p = fork_param(layer.param, "psroi_pooling_param")
+    scale, output_dim, group = p.get("spatial_scale", 0.0), p.get("output_dim", 0), p.get("group_size", 0)
+    if scale <= 0 or output_dim < 1 or group < 1:
+        fail("PSROIPooling needs spatial_scale > 0, output_dim >= 1 and group_size >= 1, got "
+             f"{scale}, {output_dim}, {group}")
+    return scale, output_dim, group
+
+
+def _roi_count(shape: Shape) -> int:
+    """Rows of an ROI bottom: (K, 5), or (K, 5, 1, 1) as some Proposal forks give them."""
+    if len(shape) < 2 or shape[1] != 5 or any(d != 1 for d in shape[2:]):
+        fail(f"ROIs must be (K, 5) rows [batch, x1, y1, x2, y2], got {shape}")
+    return shape[0]
+
+
+def _roi_pooling_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
+    """(K, C, pooled_h, pooled_w)."""
+    pooled_h, pooled_w, _ = roi_pooling_param(layer)
+    if len(bottoms[0]) != 4:
+        fail(f"ROIPooling needs a 4-D feature map, got {bottoms[0]}")
+    return Rule([(_roi_count(bottoms[1]), bottoms[0][1], pooled_h, pooled_w)])
+
+
+def _psroi_pooling_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
+    """(K, output_dim, group_size, group_size); the map holds output_dim * group_size^2 channels."""
+    _, output_dim, group = psroi_pooling_param(layer)
+    if len(bottoms[0]) != 4 or bottoms[0][1] != output_dim * group * group:
+        fail(f"PSROIPooling needs a 4-D map of output_dim * group_size^2 = {output_dim * group * group} "
+             f"channels, got {bottoms[0]}")
+    return Rule([(_roi_count(bottoms[1]), output_dim, group, group)])
+
+
+def _rois(ctx: LayerContext) -> str:
+    return ctx.reshape(ctx.bottom(1), [ctx.bottom_shape(1)[0], 5], keeps_batch=True)
+
+
+def roi_pooling(ctx: LayerContext) -> None:
+    """ONNX's MaxRoiPool: Caffe's rounding of the ROI to the map, bins floor/ceil, empty bins 0."""
+    pooled_h, pooled_w, scale = roi_pooling_param(ctx.layer)
+    ctx.node("MaxRoiPool", [ctx.bottom(), _rois(ctx)], ctx.top(), pooled_shape=[pooled_h, pooled_w],
+             spatial_scale=scale)
+
+
+def psroi_pooling(ctx: LayerContext) -> None:
+    """R-FCN's position-sensitive average: bin (gh, gw) of output channel d averages map channel
+    (d * G + gh) * G + gw over the bin, read from per-channel integral images (CumSum) at the bin's
+    corners (GatherND); an empty bin gives 0. The ROI is rounded (half away from zero), its end gets
+    +1, then everything is scaled by spatial_scale, as R-FCN does."""
+    scale, output_dim, group = psroi_pooling_param(ctx.layer)
+    _, channels, height, width = ctx.bottom_shape()
+    count = ctx.bottom_shape(1)[0]
+    padded = ctx.node("Pad", [ctx.bottom(), ctx.ints([0, 0, 1, 1, 0, 0, 0, 0], "pads")])
+    axis = ctx.ints([2], "h_axis"), ctx.ints([3], "w_axis")
+    integral = ctx.node("CumSum", [ctx.node("CumSum", [padded, axis[0]]), axis[1]])
+    rois = _rois(ctx)
+    batch, x1, y1, x2, y2 = ctx.multi("Split", [rois, ctx.ints([1] * 5, "fields")],
+                                      [ctx.fresh(k) for k in ("batch", "x1", "y1", "x2", "y2")], axis=1)
+    corners = [_round_away(ctx, v) for v in (x1, y1, x2, y2)]
+    start_w, start_h = (ctx.scaled(v, scale) for v in corners[:2])
+    end_w, end_h = (ctx.scaled(ctx.shifted(v, 1.0), scale) for v in corners[2:])
+    bins = np.arange(group, dtype=np.float32)
+    h_lo, h_hi = _bin_edges(ctx, start_h, end_h, group, height, bins)  # (K, G) each
+    w_lo, w_hi = _bin_edges(ctx, start_w, end_w, group, width, bins)
+    rows_of_rois = ctx.node("Slice", [ctx.node("Shape", [rois]), ctx.ints([0], "first"), ctx.ints([1], "one_dim")])
+    shape = ctx.node("Concat", [rows_of_rois, ctx.ints([output_dim, group, group], "grid")], axis=0)
+    index = lambda value, dims: ctx.node("Expand", [ctx.reshape(value, dims, keeps_batch=True), shape])
+    batch = index(ctx.node("Cast", [batch], to=7), [count, 1, 1, 1])
+    channel = ctx.node("Expand", [ctx.const(np.arange(channels).reshape(1, output_dim, group, group),
+                                            "channel_of_bin", np.int64), shape])
+    rows = {edge: index(value, [count, 1, group, 1]) for edge, value in (("lo", h_lo), ("hi", h_hi))}
+    cols = {edge: index(value, [count, 1, 1, group]) for edge, value in (("lo", w_lo), ("hi", w_hi))}
+
+    def at(row: str, col: str) -> str:
+        stacked = ctx.node("Concat", [ctx.unsqueeze(v, [4]) for v in (batch, channel, rows[row], cols[col])], axis=4)
+        return ctx.node("GatherND", [integral, stacked])
+    total = ctx.node("Add", [ctx.node("Sub", [at("hi", "hi"), at("lo", "hi")]),
+                             ctx.node("Sub", [at("lo", "lo"), at("hi", "lo")])])
+    zero = ctx.ints([0], "zero_i")
+    area = ctx.node("Cast", [ctx.node("Mul", [ctx.node("Max", [ctx.node("Sub", [rows["hi"], rows["lo"]]), zero]),
+                                              ctx.node("Max", [ctx.node("Sub", [cols["hi"], cols["lo"]]), zero])])],
+                    to=1)
+    one = ctx.const(1.0, "one")
+    ctx.node("Where", [ctx.node("Greater", [area, ctx.const(0.0, "zero")]),
+                       ctx.node("Div", [total, ctx.node("Max", [area, one])]), ctx.const(0.0, "empty")], ctx.top())
+
+
+def _round_away(ctx: LayerContext, x: str) -> str:
+    """C's round(): halves away from zero (ONNX's Round goes to even)."""
+    return ctx.node("Mul", [ctx.node("Sign", [x]),
+                            ctx.node("Floor", [ctx.shifted(ctx.node("Abs", [x]), 0.5)])])
+
+
+def _bin_edges(ctx: LayerContext, start: str, end: str, group: int, size: int, bins: np.ndarray) -> tuple[str, str]:
+    """floor/ceil bin edges along one axis, clipped to [0, size], as int64 (K, G)."""
+    extent = ctx.node("Max", [ctx.node("Sub", [end, start]), ctx.const(0.1, "min_extent")])
+    step = ctx.scaled(extent, 1.0 / group)
+    low = ctx.node("Floor", [ctx.node("Add", [ctx.node("Mul", [ctx.const(bins, "bins"), step]), start])])
+    high = ctx.node("Ceil", [ctx.node("Add", [ctx.node("Mul", [ctx.const(bins + 1, "bins_end"), step]), start])])
+    bounds = ctx.const(0.0, "lowest"), ctx.const(float(size), f"size{size}")
+    return tuple(ctx.node("Cast", [ctx.node("Clip", [v, *bounds])], to=7) for v in (low, high))
+
+
+@custom("pools each feature channel over each ROI: carries the map's channels; the ROIs are pinned")
+def _roi_channels(builder, layer, bottoms) -> None:
+    builder.pin(bottoms[1], f"read by ROIPooling '{layer.name}' as ROI coordinates")
+    builder.pass_through(layer, bottoms[0], "structure")
+
+
+@custom("reads position-sensitive channel groups and ROI coordinates: pins both")
+def _psroi_channels(builder, layer, bottoms) -> None:
+    pin_all(builder, layer, bottoms, f"read by PSROIPooling '{layer.name}', whose bins each read their own "
+            "channel (channel count fixed at output_dim * group_size^2) or its ROI coordinates",
+            f"output of PSROIPooling '{layer.name}'")
+
+
 # ------------------------------------------------------------------ training
 
 
@@ -210,4 +340,10 @@ declare(
     LayerType("SPP", shape=_spp, export=NotApplicable("no ONNX converter is written for SPP"), channels=PIN,
               rewrite=NotApplicable("its output mixes the pyramid levels (pinned)"),
               train=NotApplicable("no torch op is written for it yet")),
+    LayerType("ROIPooling", shape=_roi_pooling_shape, export=roi_pooling, channels=_roi_channels,
+              rewrite=NotApplicable("ROI pooling keeps the channels and counts none"),
+              train=NotApplicable("no torch op is written for ROI pooling"), bottoms=2),
+    LayerType("PSROIPooling", shape=_psroi_pooling_shape, export=psroi_pooling, channels=_psroi_channels,
+              rewrite=NotApplicable("its channels are pinned and it has no blobs"),
+              train=NotApplicable("no torch op is written for position-sensitive ROI pooling"), bottoms=2),
 )

@@ -35,7 +35,7 @@ KINDS = (LAYER, DATA, TRAINING_ONLY)
 TRAINING_ONLY (losses, Accuracy, Silence) is left out of deploy graphs."""
 
 FAMILIES = ("convolution", "pooling", "activation", "normalization", "arithmetic", "tensor",
-            "recurrent", "detection", "data", "loss", "resize")
+            "recurrent", "detection", "yolo", "data", "loss", "resize")
 """The built-in family modules of ``caffe_surgery.layers``."""
 
 
@@ -73,13 +73,16 @@ class Departure:
     """Where a consumer of Caffe files (OpenCV's importer by default) departs from Caffe on this type.
 
     ``applies(layer)`` says whether a given layer hits it (default: every layer of the type);
-    ``fusion`` marks departures that only OpenCV's layer fusion causes (tests turn fusion off).
+    ``fusion`` marks departures that only OpenCV's layer fusion causes (tests turn fusion off);
+    ``as_sets`` marks departures in the order and padding of output rows only (the same detections,
+    sorted and padded otherwise): tests still compare with the consumer, rows as sets.
     """
 
     what: str
     applies: Callable[[Any], bool] = lambda layer: True
     consumer: str = "OpenCV"
     fusion: bool = False
+    as_sets: bool = False
 
 
 def _arity(count: int | tuple[int, int | None]) -> tuple[int, int | None]:

@@ -113,6 +113,7 @@ def _data_arguments(parser):
                                                      "data layer with a transform_param), e.g. 0.00390625")
     parser.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")],
                         help="mean value(s) to subtract per channel, e.g. 104,117,123")
+    parser.add_argument("--skip", type=int, help="leave out the first N samples (before --limit)")
     parser.add_argument("--limit", type=int, help="use only the first N samples")
     parser.add_argument("--batch-size", type=int, help="samples per run (default: the data layer's, else 64)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime device")
@@ -144,6 +145,8 @@ def _load(args, with_data: bool = False):
     if with_data:
         net = load_net(args.prototxt, phase=args.phase)
         source = open_source(net, args.data, _transform(args))
+        if args.skip is not None:
+            source = source.skip(args.skip)
         if args.limit is not None:
             source = source.head(args.limit)
         top = input_layer(net).tops[0].name
@@ -341,8 +344,9 @@ def _budget(args):
                   maxout_units=args.maxout_units)
 
 
-def _plan(args, model, source, groups, group_list):
-    """The plan to apply, the net to apply it to (weights may be adjusted) and notes for the report."""
+def _plan(args, model, source, groups, group_list, calibration=None):
+    """The plan to apply, the net to apply it to (weights may be adjusted) and notes for the report;
+    data-driven statistics come from ``calibration`` (default ``source``), accuracy from ``source``."""
     from .criteria import get_criterion
     from .plan import Plan
     from .pruning import (make_plan, plan_by_similarity, random_masks_plan, score, statistics_plan,
@@ -368,13 +372,26 @@ def _plan(args, model, source, groups, group_list):
             with np.load(args.stats) as arrays:
                 stats.load_arrays(arrays, args.stats)
         else:
-            stats = _statistics_pass(args, model, source, criterion, group_list, groups)
+            stats = _statistics_pass(args, model, calibration or source, criterion, group_list, groups)
     scores = score(model, groups, group_list, criterion, stats)
     if args.tolerance is not None:
         plan, _ = tolerance_plan(model, groups, group_list, scores, budget, _validation(model, source, args),
                                  args.tolerance, about=about)
         return plan, model.net, [], stats
     return make_plan(scores, groups, group_list, budget, {**about, "ratio": args.ratio}), model.net, [], stats
+
+
+def _calibration(args, model, source):
+    """The data statistics, compensation and reconstruction learn from: --calib-data, else --data."""
+    from .dataflow import open_source
+
+    calibration = source
+    if args.calib_data:
+        calibration = open_source(model.net, args.calib_data, _transform(args))
+        if tuple(calibration.shape) != tuple(source.shape):
+            raise CaffeSurgeryError(f"calibration samples are {tuple(calibration.shape)}, the --data samples "
+                                    f"{tuple(source.shape)}", file=calibration.name)
+    return calibration.head(args.calib_limit) if args.calib_limit is not None else calibration
 
 
 def cmd_prune(args) -> int:
@@ -384,31 +401,42 @@ def cmd_prune(args) -> int:
     from .groups import build_groups
     from .io import atomic_write
     from .plan import resolve_plan
-    from .pruning import chosen_groups, compensate
+    from .pruning import chosen_groups
+    from .reconstruct import compensate, reconstruct
     from .report import format_prune_report, prune_report
     from .save import save_caffemodel, save_prototxt
     from .surgery import apply_plan
 
     criterion = get_criterion(args.criterion) if args.criterion else None
-    needs_data = bool(args.data) or args.tolerance is not None or (
+    if args.compensate and args.reconstruct:
+        raise CaffeSurgeryError("--compensate and --reconstruct are alternatives: choose one")
+    needs_data = bool(args.data) or args.tolerance is not None or args.compensate or args.reconstruct or (
         criterion is not None and criterion.needs_data and not (args.stats and criterion.score is not None))
     model, source = _load(args, with_data=needs_data)
+    calibration = _calibration(args, model, source) if source is not None else None
     groups = build_groups(model.net, model.shapes)
     protected = set(args.protect)
     group_list = [g for g in chosen_groups(groups, args.layers, maxout_only=args.criterion == "maxout-wins")
                   if not protected & set(g.producers)]
-    plan, net, notes, stats = _plan(args, model, source, groups, group_list)
+    plan, net, notes, stats = _plan(args, model, source, groups, group_list, calibration)
     keep = resolve_plan(plan, net, groups, args.plan)
     if protected & {p for gid in keep for p in groups.groups[gid].producers}:
         raise CaffeSurgeryError(f"the plan prunes protected layers: {', '.join(sorted(protected))}", file=args.plan)
-    if args.compensate:
-        if stats is None:
-            raise CaffeSurgeryError("--compensate needs activation statistics: use a data-driven criterion")
-        net, compensation = compensate(net, model.shapes, groups, keep, stats)
-        notes += compensation
-    pruned_net, pruned_shapes = apply_plan(net, model.shapes, groups, keep)
+    refits = []
+    if args.compensate or args.reconstruct:
+        held = list(_batches(model, calibration, args, "calibration"))
+        options = {"runtime_options": _runtime_options(args)}
+        if args.compensate:
+            net, refits, skipped = compensate(net, model.shapes, groups, keep, lambda: held, **options)
+        else:
+            pruned_net, pruned_shapes, refits, skipped = reconstruct(
+                net, model.shapes, groups, keep, lambda: held, sequential=not args.independent, **options)
+        notes += [refit.note() for refit in refits] + skipped
+    if not args.reconstruct:
+        pruned_net, pruned_shapes = apply_plan(net, model.shapes, groups, keep)
     report = prune_report(model.shapes, pruned_shapes, model.net, pruned_net)
     report["notes"] = notes
+    report["refits"] = [refit.as_dict() for refit in refits]
     if args.dry_run:
         print(plan.to_json())
         print(format_prune_report(report))
@@ -594,7 +622,15 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--masks", type=int, default=100, help="random-masks: candidate masks to evaluate")
     prune.add_argument("--seed", type=int, default=0, help="random-masks: random seed")
     prune.add_argument("--compensate", action="store_true",
-                       help="fold removed channels' mean activation into the consumers' bias")
+                       help="fold removed inputs' mean values into the bias of the layers reading them")
+    prune.add_argument("--reconstruct", action="store_true",
+                       help="refit the layers reading pruned channels by least squares to the original outputs")
+    prune.add_argument("--independent", action="store_true",
+                       help="with --reconstruct: feed each refit from the original net, not the refit upstream")
+    prune.add_argument("--calib-data", metavar="SPEC",
+                       help="data for statistics, --compensate and --reconstruct (default: --data, which then "
+                            "only measures accuracy)")
+    prune.add_argument("--calib-limit", type=int, help="use only the first N calibration samples")
     prune.add_argument("--dry-run", action="store_true", help="print the plan and projected sizes; write nothing")
     prune.add_argument("-o", "--output", required=True, help="output prefix: writes PREFIX.prototxt/.caffemodel/"
                                                               ".report.json/.plan.json")

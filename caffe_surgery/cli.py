@@ -365,15 +365,21 @@ def _plan(args, model, source, groups, group_list, calibration=None):
         return plan, model.net, [f"random-masks: best of {args.masks} masks"], None
     criterion = get_criterion(args.criterion)
     stats = None
-    if criterion.needs_data:
-        stats = statistics_plan(model, groups, group_list, criterion)
-        if args.stats:
-            import numpy as np
-            with np.load(args.stats) as arrays:
-                stats.load_arrays(arrays, args.stats)
-        else:
-            stats = _statistics_pass(args, model, calibration or source, criterion, group_list, groups)
-    scores = score(model, groups, group_list, criterion, stats)
+    if criterion.name == "thinet":
+        from .thinet import thinet_scores
+
+        held = list(_batches(model, calibration or source, args, "thinet statistics"))
+        scores = thinet_scores(model.net, model.shapes, groups, group_list, lambda: held, _runtime_options(args))
+    else:
+        if criterion.needs_data:
+            stats = statistics_plan(model, groups, group_list, criterion)
+            if args.stats:
+                import numpy as np
+                with np.load(args.stats) as arrays:
+                    stats.load_arrays(arrays, args.stats)
+            else:
+                stats = _statistics_pass(args, model, calibration or source, criterion, group_list, groups)
+        scores = score(model, groups, group_list, criterion, stats)
     if args.tolerance is not None:
         plan, _ = tolerance_plan(model, groups, group_list, scores, budget, _validation(model, source, args),
                                  args.tolerance, about=about)

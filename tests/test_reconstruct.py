@@ -5,12 +5,15 @@ import numpy as np
 import pytest
 
 from caffe_surgery.cli import main
+from caffe_surgery.criteria import weight_l1
+from caffe_surgery.data.arrays import ArraySource
 from caffe_surgery.groups import build_groups
 from caffe_surgery.reconstruct import (LeastSquares, accumulate, compensate, consumers, reconstruct,
                                        weight_matrix)
 from caffe_surgery.runtime import Runtime
 from caffe_surgery.statistics import merge_files, save_arrays
 from caffe_surgery.surgery import apply_plan
+from caffe_surgery.thinet import greedy_order, thinet_scores
 from conftest import REPO
 from pruning_nets import INPUT, conv, ip, random_weights, simple
 
@@ -148,3 +151,26 @@ def test_compensate_and_reconstruct_exclude_each_other(tmp_path, capsys):
                  str(REPO / "samples" / "lenet_maxout.caffemodel"), "--criterion", "weight-l1", "--ratio", "0.5",
                  "--reconstruct", "--compensate", "-o", str(tmp_path / "x")])
     assert code == 1 and "alternatives" in capsys.readouterr().err
+
+
+def test_thinet_removes_the_channel_the_next_layer_barely_reads():
+    net, shapes = random_weights(INPUT.format(n=4, c=6, h=1, w=1) + ip("ip1", "data", 4) + ip("ip2", "ip1", 3), 10)
+    net.layer("ip1").blobs[0][2] *= 10.0   # the largest filter and activation ...
+    net.layer("ip2").blobs[0][:, 2] *= 1e-3  # ... which the next layer hardly reads
+    groups = build_groups(net, shapes)
+    group = groups.of_layer("ip1")
+    scores = thinet_scores(net, shapes, groups, [group], lambda: batches_of(images(32, (6, 1, 1), seed=11)), CPU)
+    assert scores[group.id][2] == 0 and sorted(scores[group.id]) == [0, 1, 2, 3]
+    assert np.argmax(weight_l1(net, groups, group, None)) == 2
+
+
+def test_thinet_removes_cancelling_channels_together():
+    contributions = np.array([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0], [0.0, 0.0, 0.5]])
+    np.testing.assert_array_equal(greedy_order(contributions), [1, 2, 0])
+
+
+def test_skip_and_limit_take_a_range_of_samples():
+    source = ArraySource(np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1), np.arange(10), "numbers")
+    window = source.skip(3).head(4)
+    _, labels = next(iter(window.iter_batches(10)))
+    assert labels.tolist() == [3, 4, 5, 6] and len(source.skip(20)) == 0

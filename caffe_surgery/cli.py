@@ -36,7 +36,11 @@ EXAMPLES = {
     "reproduce": ["caffe-surgery reproduce lenet --data idx:train-images-idx3-ubyte.gz:train-labels-idx1-ubyte.gz "
                   "--test-data idx:t10k-images-idx3-ubyte.gz:t10k-labels-idx1-ubyte.gz -o results/lenet"],
     "fold-bn": ["caffe-surgery fold-bn net.prototxt -w w.caffemodel -o out/folded"],
+    "sensitivity": ["caffe-surgery sensitivity net.prototxt -w w.caffemodel --data lmdb:val_lmdb --ratios 0.2,0.5,0.8 "
+                    "-o out/sensitivity"],
     "prune": ["caffe-surgery prune net.prototxt -w w.caffemodel --criterion weight-l1 --ratio 0.5 -o out/net_small",
+              "caffe-surgery prune net.prototxt -w w.caffemodel --criterion weight-l1 --budget macs=0.5 --data lmdb:db "
+              "--reconstruct -o out/half_macs",
               "caffe-surgery prune net.prototxt -w w.caffemodel --plan plan.json -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --criterion maxout-wins --maxout-k 3 --data lmdb:db -o small"],
 }
@@ -83,6 +87,16 @@ def _ratio(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"a ratio is in [0, 1), got {text}")
     return value
+
+
+DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def _ratio_list(text: str) -> list[float]:
+    try:
+        return sorted({_ratio(v) for v in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ratios in [0, 1), got '{text}'") from None
 
 
 def _override(text: str) -> tuple[str, float]:
@@ -338,22 +352,84 @@ def _budget(args):
     from .selection import Budget
 
     if args.criterion and args.ratio is None and args.keep is None and args.maxout_k is None and args.tolerance is None:
-        raise CaffeSurgeryError("say how much to remove: --ratio, --keep, --maxout-k or --tolerance")
+        raise CaffeSurgeryError("say how much to remove: --ratio, --keep, --maxout-k, --tolerance or --budget")
     return Budget(ratio=args.ratio, keep=args.keep, min_keep=args.min_keep, round_to=args.round_to,
                   overrides=dict(args.layer_ratio), global_ranking=args.global_ranking, maxout_k=args.maxout_k,
                   maxout_units=args.maxout_units)
 
 
+def _scores(args, model, source, groups, group_list, calibration=None):
+    """Scores per group id by --criterion, and the statistics read (thinet and the data-driven criteria
+    learn from ``calibration``, default ``source``)."""
+    from .criteria import get_criterion
+    from .pruning import score, statistics_plan
+
+    criterion = get_criterion(args.criterion)
+    if criterion.name == "thinet":
+        from .thinet import thinet_scores
+
+        held = list(_batches(model, calibration or source, args, "thinet statistics"))
+        return thinet_scores(model.net, model.shapes, groups, group_list, lambda: held, _runtime_options(args)), None
+    if criterion.score is None:
+        raise CaffeSurgeryError(f"criterion '{criterion.name}' chooses what to remove itself; it gives no scores")
+    stats = None
+    if criterion.needs_data:
+        stats = statistics_plan(model, groups, group_list, criterion)
+        if getattr(args, "stats", None):
+            import numpy as np
+            with np.load(args.stats) as arrays:
+                stats.load_arrays(arrays, args.stats)
+        else:
+            stats = _statistics_pass(args, model, calibration or source, criterion, group_list, groups)
+    return score(model, groups, group_list, criterion, stats), stats
+
+
+def _measure(args, model, batches):
+    """What sensitivity measures: top-1 on labelled data, else the outputs' relative error."""
+    from .sensitivity import output_error, top1
+
+    if args.measure == "output-error":
+        return output_error(model, batches, _runtime_options(args))
+    return top1(batches, _runtime_options(args))
+
+
+def _budget_plan(args, model, source, groups, group_list, calibration, scores):
+    """Per-group ratios reaching --budget with the least loss predicted by sensitivity curves (on the
+    calibration data, or --sensitivity FILE), or by the scores without data."""
+    from .budget import choose_ratios, parse_budget, plan_for, score_losses, total
+    from .sensitivity import load_losses, sensitivity_curves
+
+    kind, fraction = parse_budget(args.budget)
+    ratios = args.ratios
+    if args.sensitivity:
+        losses, predicts = load_losses(args.sensitivity, groups), "loss from " + args.sensitivity
+    elif source is not None:
+        measure = _measure(args, model, list(_batches(model, calibration or source, args, "sensitivity")))
+        baseline, curves = sensitivity_curves(model, groups, group_list, scores, ratios, measure)
+        losses = {groups.of_layer(name).id: {p.ratio: measure.loss(baseline, p.value) for p in points}
+                  for name, points in curves.items()}
+        predicts = f"{measure.name} loss, calibration data (unpruned {baseline:.4f})"
+    else:
+        losses, predicts = score_losses(group_list, scores, ratios), "fraction of score mass removed"
+    chosen, predicted, reached = choose_ratios(model, groups, group_list, scores, losses, kind, fraction)
+    about = {"criterion": args.criterion, "budget": {
+        "target": args.budget, "reached": reached / total(model.shapes, kind),
+        "ratios": {groups.groups[gid].name: ratio for gid, ratio in chosen.items()},
+        "predicted_loss": predicted, "predicted_by": predicts}}
+    return plan_for(scores, groups, group_list, chosen, about)
+
+
 def _plan(args, model, source, groups, group_list, calibration=None):
     """The plan to apply, the net to apply it to (weights may be adjusted) and notes for the report;
     data-driven statistics come from ``calibration`` (default ``source``), accuracy from ``source``."""
-    from .criteria import get_criterion
     from .plan import Plan
-    from .pruning import (make_plan, plan_by_similarity, random_masks_plan, score, statistics_plan,
-                          tolerance_plan)
+    from .pruning import make_plan, plan_by_similarity, random_masks_plan, tolerance_plan
 
     if args.plan:
         return Plan.load(args.plan), model.net, [], None
+    if args.budget:
+        scores, stats = _scores(args, model, source, groups, group_list, calibration)
+        return _budget_plan(args, model, source, groups, group_list, calibration, scores), model.net, [], stats
     budget = _budget(args)
     about = {"criterion": args.criterion}
     if args.criterion == "similarity":
@@ -363,23 +439,7 @@ def _plan(args, model, source, groups, group_list, calibration=None):
         plan, _ = random_masks_plan(model, groups, group_list, budget, _validation(model, source, args),
                                     args.masks, args.seed)
         return plan, model.net, [f"random-masks: best of {args.masks} masks"], None
-    criterion = get_criterion(args.criterion)
-    stats = None
-    if criterion.name == "thinet":
-        from .thinet import thinet_scores
-
-        held = list(_batches(model, calibration or source, args, "thinet statistics"))
-        scores = thinet_scores(model.net, model.shapes, groups, group_list, lambda: held, _runtime_options(args))
-    else:
-        if criterion.needs_data:
-            stats = statistics_plan(model, groups, group_list, criterion)
-            if args.stats:
-                import numpy as np
-                with np.load(args.stats) as arrays:
-                    stats.load_arrays(arrays, args.stats)
-            else:
-                stats = _statistics_pass(args, model, calibration or source, criterion, group_list, groups)
-        scores = score(model, groups, group_list, criterion, stats)
+    scores, stats = _scores(args, model, source, groups, group_list, calibration)
     if args.tolerance is not None:
         plan, _ = tolerance_plan(model, groups, group_list, scores, budget, _validation(model, source, args),
                                  args.tolerance, about=about)
@@ -452,6 +512,11 @@ def cmd_prune(args) -> int:
         evaluate_accuracy = _validation(model, source, args)
         report["accuracy"] = {"before": evaluate_accuracy(model.net, model.shapes),
                               "after": evaluate_accuracy(pruned_net, pruned_shapes), "samples": len(source)}
+    if "budget" in plan.about:
+        report["budget"] = plan.about["budget"]
+        notes.append(f"budget {report['budget']['target']}: reached {report['budget']['reached']:.3f}, ratios "
+                     + ", ".join(f"{k} {v:g}" for k, v in report["budget"]["ratios"].items())
+                     + f"; predicted loss {report['budget']['predicted_loss']:.4g} ({report['budget']['predicted_by']})")
     outputs = {kind: Path(f"{prefix}.{kind}") for kind in ("prototxt", "caffemodel", "plan.json", "report.json")}
     save_prototxt(pruned_net, outputs["prototxt"])
     save_caffemodel(pruned_net, outputs["caffemodel"])
@@ -469,6 +534,28 @@ def cmd_prune(args) -> int:
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {', '.join(str(p) for p in outputs.values())}")
+    return 0
+
+
+def cmd_sensitivity(args) -> int:
+    """Prune each group alone at each ratio and measure the net; write CSV, JSON and a PNG of the curves."""
+    from .groups import build_groups
+    from .pruning import chosen_groups
+    from .report import format_table
+    from .sensitivity import sensitivity_curves, write_sensitivity
+
+    model, source = _load(args, with_data=True)
+    groups = build_groups(model.net, model.shapes)
+    group_list = chosen_groups(groups, args.layers)
+    scores, _ = _scores(args, model, source, groups, group_list)
+    measure = _measure(args, model, list(_batches(model, source, args, "sensitivity")))
+    baseline, curves = sensitivity_curves(model, groups, group_list, scores, args.ratios, measure)
+    paths = write_sensitivity(args.output, baseline, curves, measure,
+                              {"criterion": args.criterion, "samples": len(source)})
+    rows = [(layer, *(f"{p.value:.4f}" for p in points[1:])) for layer, points in curves.items()]
+    print(f"{measure.name} of the unpruned net: {baseline:.4f}")
+    print(format_table(["layer"] + [f"{r:g}" for r in args.ratios], rows))
+    print(f"wrote {', '.join(paths)}")
     return 0
 
 
@@ -624,6 +711,14 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--maxout-units", action="store_true", help="maxout: drop whole units instead of neurons")
     prune.add_argument("--tolerance", type=float, metavar="T",
                        help="prune progressively until top-1 accuracy drops by more than T percentage points")
+    prune.add_argument("--budget", metavar="macs=F|params=F",
+                       help="keep this fraction of the MACs (or parameters), per-group ratios chosen for the least "
+                            "predicted loss (sensitivity on the calibration data, else the scores)")
+    prune.add_argument("--sensitivity", metavar="JSON", help="--budget: losses from this 'sensitivity' output")
+    prune.add_argument("--ratios", type=_ratio_list, default=DEFAULT_RATIOS,
+                       help="--budget: the ratios each group may take (default 0.1,0.2,...,0.9)")
+    prune.add_argument("--measure", choices=("top1", "output-error"), default="top1",
+                       help="--budget: what the sensitivity measures (output-error: data without labels)")
     prune.add_argument("--stats", help="statistics .npz from 'relevance' (instead of a data pass)")
     prune.add_argument("--masks", type=int, default=100, help="random-masks: candidate masks to evaluate")
     prune.add_argument("--seed", type=int, default=0, help="random-masks: random seed")
@@ -640,6 +735,17 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="print the plan and projected sizes; write nothing")
     prune.add_argument("-o", "--output", required=True, help="output prefix: writes PREFIX.prototxt/.caffemodel/"
                                                               ".report.json/.plan.json")
+    sensitivity = _verb(verbs, "sensitivity", "prune each layer alone at each ratio and measure (CSV, JSON, PNG)",
+                        cmd_sensitivity)
+    _net_arguments(sensitivity, weights_required=True, data=True)
+    sensitivity.add_argument("--criterion", default="weight-l1", help="what each layer removes first (default "
+                                                                      "weight-l1; see prune --help)")
+    sensitivity.add_argument("--ratios", type=_ratio_list, default=DEFAULT_RATIOS,
+                             help="fractions of each layer's channels to remove (default 0.1,0.2,...,0.9)")
+    sensitivity.add_argument("--layers", type=lambda t: t.split(","), help="only these producer layers")
+    sensitivity.add_argument("--measure", choices=("top1", "output-error"), default="top1",
+                             help="top-1 on labelled data, or the outputs' relative error against the original")
+    sensitivity.add_argument("-o", "--output", required=True, help="output prefix: PREFIX.csv, .json, .png")
     sparsify = _verb(verbs, "sparsify", "magnitude weight pruning (exact zeros; sparse and zip sizes reported)",
                      cmd_sparsify)
     _net_arguments(sparsify, weights_required=True)

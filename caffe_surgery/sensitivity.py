@@ -1,0 +1,150 @@
+"""Sensitivity analysis (as Distiller draws it): each group pruned alone at each ratio, the net measured.
+
+A *measure* scores a pruned net on held data: top-1 accuracy where the data
+has labels, else the relative error of the net's outputs against the
+original's (``output_error``, the function to swap for another agreement
+measure). Curves are written as CSV, JSON and a PNG with one curve per layer.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .evaluate import evaluate
+from .graph import Net
+from .groups import Group, Groups
+from .io import atomic_write
+from .model import Model
+from .pruning import make_plan, prune
+from .runtime import Runtime
+from .selection import Budget
+from .shapes import NetShapes
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How good a net is on held data: ``score(net, shapes)``; ``higher_is_better`` says which way."""
+
+    name: str
+    score: Callable[[Net, NetShapes], float]
+    higher_is_better: bool
+
+    def loss(self, baseline: float, value: float) -> float:
+        """How much worse ``value`` is than ``baseline`` (negative when better)."""
+        return baseline - value if self.higher_is_better else value - baseline
+
+
+def top1(batches: list, runtime_options: dict | None = None) -> Measure:
+    """Top-1 accuracy on labelled batches."""
+    return Measure("top-1", lambda net, shapes: evaluate(net, shapes, batches, (1,), runtime_options).accuracy(1), True)
+
+
+def output_error(model: Model, batches: list, runtime_options: dict | None = None) -> Measure:
+    """Relative error ||y - y0|| / ||y0|| of the net's outputs y against the original's y0, over all batches."""
+    options = runtime_options or {}
+    reference = Runtime(model.net, model.shapes, **options)
+    wanted = [reference.run(images) for images, _ in batches]
+
+    def relative_error(net: Net, shapes: NetShapes) -> float:
+        runtime = Runtime(net, shapes, outputs=list(reference.keys), **options)
+        squared = norm = 0.0
+        for (images, _), want in zip(batches, wanted):
+            got = runtime.run(images)
+            for key, value in want.items():
+                squared += float(((got[key].astype(np.float64) - value) ** 2).sum())
+                norm += float((value.astype(np.float64) ** 2).sum())
+        return (squared / max(norm, np.finfo(float).tiny)) ** 0.5
+
+    return Measure("output relative error", relative_error, False)
+
+
+@dataclass
+class Point:
+    """One pruned net of a sensitivity curve."""
+
+    ratio: float
+    params: int
+    macs: int
+    value: float
+
+
+def sensitivity_curves(model: Model, groups: Groups, group_list: list[Group], scores: dict[int, np.ndarray],
+                       ratios: list[float], measure: Measure) -> tuple[float, dict[str, list[Point]]]:
+    """The unpruned net's value and, per group (by name), one point per ratio with only that group pruned."""
+    params, macs = model.shapes.totals()
+    baseline = measure.score(model.net, model.shapes)
+    curves = {}
+    for group in group_list:
+        points = [Point(0.0, params, macs, baseline)]
+        for ratio in ratios:
+            plan = make_plan(scores, groups, [group], Budget(ratio=ratio), {"ratio": ratio})
+            pruned = prune(model, plan)
+            points.append(Point(ratio, *pruned.shapes.totals(), measure.score(pruned.net, pruned.shapes)))
+        curves[group.name] = points
+    return baseline, curves
+
+
+def plot_curves(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, path: str | os.PathLike,
+                title: str) -> None:
+    """One line per series of (x, y) points, written as a PNG atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(8, 5))
+    for name, points in series.items():
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="best", fontsize="small")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    pyplot.close(figure)
+    atomic_write(path, [buffer.getvalue()])
+
+
+def write_sensitivity(prefix: str, baseline: float, curves: dict[str, list[Point]], measure: Measure,
+                      about: dict) -> list[str]:
+    """PREFIX.csv, PREFIX.json and PREFIX.png; return their paths."""
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["layer", "ratio", "params", "macs", measure.name, "loss"])
+    for layer, points in curves.items():
+        for p in points:
+            writer.writerow([layer, p.ratio, p.params, p.macs, f"{p.value:.6g}", f"{measure.loss(baseline, p.value):.6g}"])
+    paths = [f"{prefix}.csv", f"{prefix}.json", f"{prefix}.png"]
+    atomic_write(paths[0], [rows.getvalue().encode("utf-8")])
+    document = {**about, "measure": measure.name, "higher_is_better": measure.higher_is_better, "baseline": baseline,
+                "curves": {layer: [asdict(p) for p in points] for layer, points in curves.items()}}
+    atomic_write(paths[1], [json.dumps(document, indent=1).encode("utf-8")])
+    plot_curves({layer: [(p.ratio, p.value) for p in points] for layer, points in curves.items()},
+                "fraction of the layer's channels removed", measure.name, paths[2],
+                f"sensitivity: each layer pruned alone ({about.get('criterion', '')})")
+    return paths
+
+
+def load_losses(path: str, groups: Groups) -> dict[int, dict[float, float]]:
+    """Per group id, loss by ratio, from a sensitivity JSON."""
+    from .errors import CaffeSurgeryError
+
+    try:
+        document = json.loads(open(path, encoding="utf-8").read())
+        measure = Measure(document["measure"], None, document["higher_is_better"])
+        losses = {}
+        for layer, points in document["curves"].items():
+            group = groups.of_layer(layer)
+            if group is None:
+                raise CaffeSurgeryError(f"sensitivity names a layer not in the net: '{layer}'", file=path)
+            losses[group.id] = {p["ratio"]: measure.loss(document["baseline"], p["value"]) for p in points}
+        return losses
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CaffeSurgeryError(f"not a sensitivity JSON: {exc}", file=path) from None

@@ -59,6 +59,17 @@ def plan_for(scores: dict[int, np.ndarray], groups: Groups, group_list: list[Gro
     return make_plan(scores, groups, group_list, Budget(overrides=overrides), about)
 
 
+def _next_step(group: Group, ratios: dict[int, float], losses: dict[float, float], current: int, cost):
+    """The group's next ratio on the grid that saves anything (a maxout k' may not change at the next one),
+    as the trial ratios and the total they reach; None at the end of the grid."""
+    for ratio in sorted(r for r in losses if r > ratios[group.id]):
+        trial = {**ratios, group.id: ratio}
+        reached = cost(trial)
+        if reached < current:
+            return trial, reached
+    return None
+
+
 def choose_ratios(model: Model, groups: Groups, group_list: list[Group], scores: dict[int, np.ndarray],
                   losses: dict[int, dict[float, float]], kind: str, fraction: float) -> tuple[dict[int, float], float, int]:
     """Per group id the ratio chosen, the predicted total loss and the MACs (or parameters) reached."""
@@ -73,15 +84,12 @@ def choose_ratios(model: Model, groups: Groups, group_list: list[Group], scores:
     while current > target:
         best = None
         for group in group_list:
-            grid = sorted(r for r in losses[group.id] if r > ratios[group.id])
-            if not grid:
+            step = _next_step(group, ratios, losses[group.id], current, cost)
+            if step is None:
                 continue
-            trial = {**ratios, group.id: grid[0]}
-            reached = cost(trial)
+            trial, reached = step
             saved = current - reached
-            if saved <= 0:
-                continue
-            added = max(losses[group.id][grid[0]] - losses[group.id][ratios[group.id]], 0.0)
+            added = max(losses[group.id][trial[group.id]] - losses[group.id][ratios[group.id]], 0.0)
             merit = (added / saved, -saved)
             if best is None or merit < best[0]:
                 best = (merit, trial, reached)

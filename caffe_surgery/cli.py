@@ -460,31 +460,13 @@ def _calibration(args, model, source):
     return calibration.head(args.calib_limit) if args.calib_limit is not None else calibration
 
 
-def cmd_prune(args) -> int:
-    """Prune by plan, by criterion and ratio, or to an accuracy tolerance; write the smaller pair."""
-    from .check import check_files
-    from .criteria import get_criterion
-    from .groups import build_groups
-    from .io import atomic_write
+def _pruned(args, model, source, calibration, groups, group_list, protected):
+    """The plan, the pruned net and its shapes (compensated or reconstructed when asked), notes and refits."""
     from .plan import resolve_plan
-    from .pruning import chosen_groups
     from .reconstruct import compensate, reconstruct
-    from .report import format_prune_report, prune_report
-    from .save import save_caffemodel, save_prototxt
     from .surgery import apply_plan
 
-    criterion = get_criterion(args.criterion) if args.criterion else None
-    if args.compensate and args.reconstruct:
-        raise CaffeSurgeryError("--compensate and --reconstruct are alternatives: choose one")
-    needs_data = bool(args.data) or args.tolerance is not None or args.compensate or args.reconstruct or (
-        criterion is not None and criterion.needs_data and not (args.stats and criterion.score is not None))
-    model, source = _load(args, with_data=needs_data)
-    calibration = _calibration(args, model, source) if source is not None else None
-    groups = build_groups(model.net, model.shapes)
-    protected = set(args.protect)
-    group_list = [g for g in chosen_groups(groups, args.layers, maxout_only=args.criterion == "maxout-wins")
-                  if not protected & set(g.producers)]
-    plan, net, notes, stats = _plan(args, model, source, groups, group_list, calibration)
+    plan, net, notes, _ = _plan(args, model, source, groups, group_list, calibration)
     keep = resolve_plan(plan, net, groups, args.plan)
     if protected & {p for gid in keep for p in groups.groups[gid].producers}:
         raise CaffeSurgeryError(f"the plan prunes protected layers: {', '.join(sorted(protected))}", file=args.plan)
@@ -492,14 +474,64 @@ def cmd_prune(args) -> int:
     if args.compensate or args.reconstruct:
         held = list(_batches(model, calibration, args, "calibration"))
         options = {"runtime_options": _runtime_options(args)}
-        if args.compensate:
-            net, refits, skipped = compensate(net, model.shapes, groups, keep, lambda: held, **options)
-        else:
+        if args.reconstruct:
             pruned_net, pruned_shapes, refits, skipped = reconstruct(
                 net, model.shapes, groups, keep, lambda: held, sequential=not args.independent, **options)
+            return plan, pruned_net, pruned_shapes, notes + [r.note() for r in refits] + skipped, refits
+        net, refits, skipped = compensate(net, model.shapes, groups, keep, lambda: held, **options)
         notes += [refit.note() for refit in refits] + skipped
-    if not args.reconstruct:
-        pruned_net, pruned_shapes = apply_plan(net, model.shapes, groups, keep)
+    pruned_net, pruned_shapes = apply_plan(net, model.shapes, groups, keep)
+    return plan, pruned_net, pruned_shapes, notes, refits
+
+
+def _retrainer(args):
+    from .retrain import Retrainer
+
+    return Retrainer(args.retrain, args.retrain_iter, args.device)
+
+
+def cmd_prune(args) -> int:
+    """Prune by plan, by criterion and ratio, to a budget or to an accuracy tolerance (optionally retraining);
+    write the smaller pair."""
+    from .check import check_files
+    from .criteria import get_criterion
+    from .groups import build_groups
+    from .io import atomic_write
+    from .pruning import chosen_groups
+    from .report import format_prune_report, prune_report
+    from .save import save_caffemodel, save_prototxt
+
+    criterion = get_criterion(args.criterion) if args.criterion else None
+    if args.compensate and args.reconstruct:
+        raise CaffeSurgeryError("--compensate and --reconstruct are alternatives: choose one")
+    if args.retrain and args.tolerance is not None and (args.compensate or args.reconstruct or args.plan):
+        raise CaffeSurgeryError("--retrain with --tolerance ranks by --criterion and retrains instead of refitting")
+    needs_data = bool(args.data) or args.tolerance is not None or args.compensate or args.reconstruct or (
+        criterion is not None and criterion.needs_data and not (args.stats and criterion.score is not None))
+    model, source = _load(args, with_data=needs_data)
+    calibration = _calibration(args, model, source) if source is not None else None
+    evaluate_accuracy = _validation(model, source, args) if source is not None else None
+    protected = set(args.protect)
+
+    def chosen(groups):
+        return [g for g in chosen_groups(groups, args.layers, maxout_only=args.criterion == "maxout-wins")
+                if not protected & set(g.producers)]
+
+    groups = build_groups(model.net, model.shapes)
+    retrained_from = None
+    if args.retrain and args.tolerance is not None:
+        from .retrain import tolerance_with_retraining
+
+        pruned_net, pruned_shapes, plan, _ = tolerance_with_retraining(
+            model, chosen, lambda current, g, g_list: _scores(args, current, source, g, g_list, calibration)[0],
+            evaluate_accuracy, args.tolerance, _retrainer(args), about={"criterion": args.criterion})
+        notes, refits = [f"retrained after each of {len(plan.about['curve']) - 1} rounds (curve in the plan)"], []
+    else:
+        plan, pruned_net, pruned_shapes, notes, refits = _pruned(args, model, source, calibration, groups,
+                                                                 chosen(groups), protected)
+        if args.retrain and not args.dry_run:
+            retrained_from = pruned_net
+            pruned_net = _retrainer(args).retrain(pruned_net, pruned_shapes, plan)
     report = prune_report(model.shapes, pruned_shapes, model.net, pruned_net)
     report["notes"] = notes
     report["refits"] = [refit.as_dict() for refit in refits]
@@ -509,9 +541,11 @@ def cmd_prune(args) -> int:
         return 0
     prefix = Path(args.output)
     if source is not None:
-        evaluate_accuracy = _validation(model, source, args)
         report["accuracy"] = {"before": evaluate_accuracy(model.net, model.shapes),
                               "after": evaluate_accuracy(pruned_net, pruned_shapes), "samples": len(source)}
+        if retrained_from is not None:
+            report["accuracy"]["before_retraining"] = evaluate_accuracy(retrained_from, pruned_shapes)
+            notes.append(f"top-1 before retraining {report['accuracy']['before_retraining']:.4f}")
     if "budget" in plan.about:
         report["budget"] = plan.about["budget"]
         notes.append(f"budget {report['budget']['target']}: reached {report['budget']['reached']:.3f}, ratios "
@@ -719,6 +753,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="--budget: the ratios each group may take (default 0.1,0.2,...,0.9)")
     prune.add_argument("--measure", choices=("top1", "output-error"), default="top1",
                        help="--budget: what the sensitivity measures (output-error: data without labels)")
+    prune.add_argument("--retrain", metavar="SOLVER", help="fine-tune with this solver's TRAIN net (pruned alike) "
+                       "after pruning, or after each --tolerance round (needs the train extra)")
+    prune.add_argument("--retrain-iter", type=int, help="iterations per retraining (default: the solver's max_iter)")
     prune.add_argument("--stats", help="statistics .npz from 'relevance' (instead of a data pass)")
     prune.add_argument("--masks", type=int, default=100, help="random-masks: candidate masks to evaluate")
     prune.add_argument("--seed", type=int, default=0, help="random-masks: random seed")

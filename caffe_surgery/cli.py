@@ -548,6 +548,10 @@ def cmd_prune(args) -> int:
             notes.append(f"top-1 before retraining {report['accuracy']['before_retraining']:.4f}")
     if "budget" in plan.about:
         report["budget"] = plan.about["budget"]
+        if "accuracy" in report and args.measure == "top1" and not args.sensitivity:
+            report["budget"]["predicted_accuracy"] = report["accuracy"]["before"] - report["budget"]["predicted_loss"]
+            notes.append(f"budget: predicted top-1 {report['budget']['predicted_accuracy']:.4f}, measured "
+                         f"{report['accuracy']['after']:.4f}")
         notes.append(f"budget {report['budget']['target']}: reached {report['budget']['reached']:.3f}, ratios "
                      + ", ".join(f"{k} {v:g}" for k, v in report["budget"]["ratios"].items())
                      + f"; predicted loss {report['budget']['predicted_loss']:.4g} ({report['budget']['predicted_by']})")

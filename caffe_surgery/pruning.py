@@ -48,7 +48,7 @@ def chosen_groups(groups: Groups, layers: list[str] | None, maxout_only: bool = 
 
 
 def statistics_plan(model: Model, groups: Groups, group_list: list[Group], criterion: Criterion) -> Statistics:
-    """The taps and accumulators a data-driven criterion needs (channel sums always, for compensation)."""
+    """The taps and accumulators a data-driven criterion needs (channel sums always)."""
     wins = criterion.name == "maxout-wins"
     return Statistics.for_groups(model.net, groups, group_list, model.shapes, channels=not wins, maxout=wins,
                                  kinds=("sum",) + criterion.summary_kinds)

@@ -313,8 +313,9 @@ def cmd_relevance(args) -> int:
     from .pruning import chosen_groups
 
     criterion = get_criterion(args.criterion)
-    if not criterion.needs_data:
-        raise CaffeSurgeryError(f"criterion '{criterion.name}' needs no data; use it directly with prune")
+    if not criterion.needs_data or criterion.score is None:
+        raise CaffeSurgeryError(f"criterion '{criterion.name}' gathers no relevance statistics; use it directly "
+                                "with prune")
     model, source = _load(args, with_data=True)
     groups = build_groups(model.net, model.shapes)
     group_list = chosen_groups(groups, args.layers, maxout_only=criterion.name == "maxout-wins")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .errors import CaffeSurgeryError
 from .evaluate import evaluate
 from .graph import Net
 from .groups import Group, Groups
@@ -93,8 +94,10 @@ def sensitivity_curves(model: Model, groups: Groups, group_list: list[Group], sc
 def plot_curves(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, path: str | os.PathLike,
                 title: str) -> None:
     """One line per series of (x, y) points, written as a PNG atomically."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise CaffeSurgeryError("plots need matplotlib: pip install 'caffe-surgery[plot]'") from None
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
@@ -134,8 +137,6 @@ def write_sensitivity(prefix: str, baseline: float, curves: dict[str, list[Point
 
 def load_losses(path: str, groups: Groups) -> dict[int, dict[float, float]]:
     """Per group id, loss by ratio, from a sensitivity JSON."""
-    from .errors import CaffeSurgeryError
-
     try:
         document = json.loads(open(path, encoding="utf-8").read())
         measure = Measure(document["measure"], None, document["higher_is_better"])

@@ -51,7 +51,11 @@ EXAMPLES = {
                 "caffe-surgery profile deploy.prototxt -w w.caffemodel --backend opencv --json"],
     "plot": ["caffe-surgery plot out/net_small.plan.json -o tolerance.png",
              "caffe-surgery plot results/lenet/results.json -o stages.png"],
+    "sensitivity": ["caffe-surgery sensitivity net.prototxt -w w.caffemodel --data lmdb:val_lmdb --ratios 0.2,0.5,0.8 "
+                    "-o out/sensitivity"],
     "prune": ["caffe-surgery prune net.prototxt -w w.caffemodel --criterion weight-l1 --ratio 0.5 -o out/net_small",
+              "caffe-surgery prune net.prototxt -w w.caffemodel --criterion weight-l1 --budget macs=0.5 --data lmdb:db "
+              "--reconstruct -o out/half_macs",
               "caffe-surgery prune net.prototxt -w w.caffemodel --plan plan.json -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --criterion maxout-wins --maxout-k 3 --data lmdb:db -o small"],
 }
@@ -103,6 +107,16 @@ def _ratio(text: str) -> float:
     return value
 
 
+DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def _ratio_list(text: str) -> list[float]:
+    try:
+        return sorted({_ratio(v) for v in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ratios in [0, 1), got '{text}'") from None
+
+
 def _override(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
     if not sep:
@@ -131,6 +145,7 @@ def _data_arguments(parser):
                                                      "data layer with a transform_param), e.g. 0.00390625")
     parser.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")],
                         help="mean value(s) to subtract per channel, e.g. 104,117,123")
+    parser.add_argument("--skip", type=int, help="leave out the first N samples (before --limit)")
     parser.add_argument("--limit", type=int, help="use only the first N samples")
     parser.add_argument("--batch-size", type=int, help="samples per run (default: the data layer's, else 64)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime device")
@@ -160,7 +175,7 @@ def _data_request(args, net):
     from .dataflow import DataRequest, base_dir, batch_size_for
 
     return DataRequest(args.data, _transform(args), args.limit, batch_size=batch_size_for(net, args.batch_size),
-                       directory=base_dir(net))
+                       directory=base_dir(net), skip=args.skip or 0)
 
 
 def _runtime_options(args) -> dict:
@@ -352,15 +367,16 @@ def cmd_convert_data(args) -> int:
     return 0
 
 
-def _statistics_pass(args, model, criterion, group_list, groups):
-    """The criterion's statistics over the data (--shard I/N: only that part), on the chosen engine."""
+def _statistics_pass(args, model, criterion, group_list, groups, request=None):
+    """The criterion's statistics over the data (``request``, default the --data arguments; --shard I/N:
+    only that part), on the chosen engine."""
     from dataclasses import replace
 
     from .cluster import map_shards
     from .pruning import StatisticsTask, statistics_plan
 
     stats = statistics_plan(model, groups, group_list, criterion)
-    data = replace(_data_request(args, model.net), window=getattr(args, "shard", None) or (0, 1))
+    data = replace(request or _data_request(args, model.net), window=getattr(args, "shard", None) or (0, 1))
     task = StatisticsTask(criterion.name, tuple(g.id for g in group_list), _task_runtime_options(args))
     stats.load_arrays(map_shards(task, model, data, args.shards, engine=args.engine, address=args.address,
                                  desc=f"relevance ({criterion.name})"), "the merged shards")
@@ -374,8 +390,9 @@ def cmd_relevance(args) -> int:
     from .pruning import chosen_groups
 
     criterion = get_criterion(args.criterion)
-    if not criterion.needs_data:
-        raise CaffeSurgeryError(f"criterion '{criterion.name}' needs no data; use it directly with prune")
+    if not criterion.needs_data or criterion.score is None:
+        raise CaffeSurgeryError(f"criterion '{criterion.name}' gathers no relevance statistics; use it directly "
+                                "with prune")
     model, source = _load(args, with_data=True)
     groups = build_groups(model.net, model.shapes)
     group_list = chosen_groups(groups, args.layers, maxout_only=criterion.name == "maxout-wins")
@@ -420,21 +437,84 @@ def _budget(args):
     from .selection import Budget
 
     if args.criterion and args.ratio is None and args.keep is None and args.maxout_k is None and args.tolerance is None:
-        raise CaffeSurgeryError("say how much to remove: --ratio, --keep, --maxout-k or --tolerance")
+        raise CaffeSurgeryError("say how much to remove: --ratio, --keep, --maxout-k, --tolerance or --budget")
     return Budget(ratio=args.ratio, keep=args.keep, min_keep=args.min_keep, round_to=args.round_to,
                   overrides=dict(args.layer_ratio), global_ranking=args.global_ranking, maxout_k=args.maxout_k,
                   maxout_units=args.maxout_units)
 
 
-def _plan(args, model, source, groups, group_list):
-    """The plan to apply, the net to apply it to (weights may be adjusted) and notes for the report."""
+def _scores(args, model, source, groups, group_list, calibration=None):
+    """Scores per group id by --criterion, and the statistics read (thinet and the data-driven criteria
+    learn from ``calibration``, default ``source``)."""
     from .criteria import get_criterion
+    from .pruning import score, statistics_plan
+
+    criterion = get_criterion(args.criterion)
+    if criterion.name == "thinet":
+        from .thinet import thinet_scores
+
+        held = list(_batches(model, calibration or source, args, "thinet statistics"))
+        return thinet_scores(model.net, model.shapes, groups, group_list, lambda: held, _runtime_options(args)), None
+    if criterion.score is None:
+        raise CaffeSurgeryError(f"criterion '{criterion.name}' chooses what to remove itself; it gives no scores")
+    stats = None
+    if criterion.needs_data:
+        stats = statistics_plan(model, groups, group_list, criterion)
+        if getattr(args, "stats", None):
+            import numpy as np
+            with np.load(args.stats) as arrays:
+                stats.load_arrays(arrays, args.stats)
+        else:
+            stats = _statistics_pass(args, model, criterion, group_list, groups, _calibration_request(args, model.net))
+    return score(model, groups, group_list, criterion, stats), stats
+
+
+def _sensitivity_measure(args, model, batches):
+    """What sensitivity measures: top-1 on labelled data, else the outputs' relative error."""
+    from .sensitivity import output_error, top1
+
+    if args.measure == "output-error":
+        return output_error(model, batches, _runtime_options(args))
+    return top1(batches, _runtime_options(args))
+
+
+def _budget_plan(args, model, source, groups, group_list, calibration, scores):
+    """Per-group ratios reaching --budget with the least loss predicted by sensitivity curves (on the
+    calibration data, or --sensitivity FILE), or by the scores without data."""
+    from .budget import choose_ratios, parse_budget, plan_for, score_losses, total
+    from .sensitivity import load_losses, sensitivity_curves
+
+    kind, fraction = parse_budget(args.budget)
+    ratios = args.ratios
+    if args.sensitivity:
+        losses, predicts = load_losses(args.sensitivity, groups), "loss from " + args.sensitivity
+    elif source is not None:
+        measure = _sensitivity_measure(args, model, list(_batches(model, calibration or source, args, "sensitivity")))
+        baseline, curves = sensitivity_curves(model, groups, group_list, scores, ratios, measure)
+        losses = {groups.of_layer(name).id: {p.ratio: measure.loss(baseline, p.value) for p in points}
+                  for name, points in curves.items()}
+        predicts = f"{measure.name} loss, calibration data (unpruned {baseline:.4f})"
+    else:
+        losses, predicts = score_losses(group_list, scores, ratios), "fraction of score mass removed"
+    chosen, predicted, reached = choose_ratios(model, groups, group_list, scores, losses, kind, fraction)
+    about = {"criterion": args.criterion, "budget": {
+        "target": args.budget, "reached": reached / total(model.shapes, kind),
+        "ratios": {groups.groups[gid].name: ratio for gid, ratio in chosen.items()},
+        "predicted_loss": predicted, "predicted_by": predicts}}
+    return plan_for(scores, groups, group_list, chosen, about)
+
+
+def _plan(args, model, source, groups, group_list, calibration=None):
+    """The plan to apply, the net to apply it to (weights may be adjusted) and notes for the report;
+    data-driven statistics come from ``calibration`` (default ``source``), accuracy from ``source``."""
     from .plan import Plan
-    from .pruning import (make_plan, plan_by_similarity, random_masks_plan, score, statistics_plan,
-                          tolerance_plan)
+    from .pruning import make_plan, plan_by_similarity, random_masks_plan, tolerance_plan
 
     if args.plan:
         return Plan.load(args.plan), model.net, [], None
+    if args.budget:
+        scores, stats = _scores(args, model, source, groups, group_list, calibration)
+        return _budget_plan(args, model, source, groups, group_list, calibration, scores), model.net, [], stats
     budget = _budget(args)
     about = {"criterion": args.criterion}
     if args.criterion == "similarity":
@@ -444,17 +524,7 @@ def _plan(args, model, source, groups, group_list):
         plan, _ = random_masks_plan(model, groups, group_list, budget, _measure(model, source, args)[1],
                                     args.masks, args.seed)
         return plan, model.net, [f"random-masks: best of {args.masks} masks"], None
-    criterion = get_criterion(args.criterion)
-    stats = None
-    if criterion.needs_data:
-        stats = statistics_plan(model, groups, group_list, criterion)
-        if args.stats:
-            import numpy as np
-            with np.load(args.stats) as arrays:
-                stats.load_arrays(arrays, args.stats)
-        else:
-            stats = _statistics_pass(args, model, criterion, group_list, groups)
-    scores = score(model, groups, group_list, criterion, stats)
+    scores, stats = _scores(args, model, source, groups, group_list, calibration)
     if args.tolerance is not None:
         metric, evaluator, _ = _measure(model, source, args)
         plan, _ = tolerance_plan(model, groups, group_list, scores, budget, evaluator, args.tolerance,
@@ -463,8 +533,62 @@ def _plan(args, model, source, groups, group_list):
     return make_plan(scores, groups, group_list, budget, {**about, "ratio": args.ratio}), model.net, [], stats
 
 
+def _calibration_request(args, net):
+    """The data statistics, compensation and reconstruction learn from: --calib-data, else --data, up to
+    --calib-limit samples."""
+    from dataclasses import replace
+
+    request = _data_request(args, net)
+    if getattr(args, "calib_data", None):
+        request = replace(request, spec=args.calib_data, skip=0, limit=None)
+    calib_limit = getattr(args, "calib_limit", None)
+    if calib_limit is not None:
+        request = replace(request, limit=calib_limit if request.limit is None else min(request.limit, calib_limit))
+    return request
+
+
+def _calibration(args, model, source):
+    """The calibration source (``_calibration_request``), checked to fit the net as the --data samples do."""
+    calibration = _calibration_request(args, model.net).open(model.net)
+    if tuple(calibration.shape) != tuple(source.shape):
+        raise CaffeSurgeryError(f"calibration samples are {tuple(calibration.shape)}, the --data samples "
+                                f"{tuple(source.shape)}", file=calibration.name)
+    return calibration
+
+
+def _pruned(args, model, source, calibration, groups, group_list, protected):
+    """The plan, the pruned net and its shapes (compensated or reconstructed when asked), notes and refits."""
+    from .plan import resolve_plan
+    from .reconstruct import compensate, reconstruct
+    from .surgery import apply_plan
+
+    plan, net, notes, _ = _plan(args, model, source, groups, group_list, calibration)
+    keep = resolve_plan(plan, net, groups, args.plan)
+    if protected & {p for gid in keep for p in groups.groups[gid].producers}:
+        raise CaffeSurgeryError(f"the plan prunes protected layers: {', '.join(sorted(protected))}", file=args.plan)
+    refits = []
+    if args.compensate or args.reconstruct:
+        held = list(_batches(model, calibration, args, "calibration"))
+        options = {"runtime_options": _runtime_options(args)}
+        if args.reconstruct:
+            pruned_net, pruned_shapes, refits, skipped = reconstruct(
+                net, model.shapes, groups, keep, lambda: held, sequential=not args.independent, **options)
+            return plan, pruned_net, pruned_shapes, notes + [r.note() for r in refits] + skipped, refits
+        net, refits, skipped = compensate(net, model.shapes, groups, keep, lambda: held, **options)
+        notes += [refit.note() for refit in refits] + skipped
+    pruned_net, pruned_shapes = apply_plan(net, model.shapes, groups, keep)
+    return plan, pruned_net, pruned_shapes, notes, refits
+
+
+def _retrainer(args):
+    from .retrain import Retrainer
+
+    return Retrainer(args.retrain, args.retrain_iter, args.device)
+
+
 def cmd_prune(args) -> int:
-    """Prune by plan, by criterion and ratio, or to an accuracy tolerance; write the smaller pair."""
+    """Prune by plan, by criterion and ratio, to a budget or to an accuracy tolerance (optionally retraining);
+    write the smaller pair."""
     from .check import check_files
     from .criteria import get_criterion
     from .dataflow import input_layer, item_shapes
@@ -472,48 +596,71 @@ def cmd_prune(args) -> int:
     from .finetune import finetune_files, is_train_val
     from .groups import build_groups
     from .io import atomic_write, write_text
-    from .plan import resolve_plan
-    from .pruning import chosen_groups, compensate
+    from .pruning import chosen_groups
     from .report import format_prune_report, prune_report
     from .reshape import reshape_net
     from .save import save_caffemodel, save_prototxt
     from .shapes import infer_shapes
-    from .surgery import apply_plan
 
     criterion = get_criterion(args.criterion) if args.criterion else None
-    needs_data = bool(args.data) or args.tolerance is not None or (
+    if args.compensate and args.reconstruct:
+        raise CaffeSurgeryError("--compensate and --reconstruct are alternatives: choose one")
+    if args.retrain and args.tolerance is not None and (args.compensate or args.reconstruct or args.plan):
+        raise CaffeSurgeryError("--retrain with --tolerance ranks by --criterion and retrains instead of refitting")
+    needs_data = bool(args.data) or args.tolerance is not None or args.compensate or args.reconstruct or (
         criterion is not None and criterion.needs_data and not (args.stats and criterion.score is not None))
     model, source = _load(args, with_data=needs_data)
-    groups = build_groups(model.net, model.shapes)
+    calibration = _calibration(args, model, source) if source is not None else None
+    metric, evaluator, measure = _measure(model, source, args) if source is not None else (None, None, None)
     protected = set(args.protect)
-    group_list = [g for g in chosen_groups(groups, args.layers, maxout_only=args.criterion == "maxout-wins")
-                  if not protected & set(g.producers)]
-    plan, net, notes, stats = _plan(args, model, source, groups, group_list)
-    keep = resolve_plan(plan, net, groups, args.plan)
-    if protected & {p for gid in keep for p in groups.groups[gid].producers}:
-        raise CaffeSurgeryError(f"the plan prunes protected layers: {', '.join(sorted(protected))}", file=args.plan)
-    if args.compensate:
-        if stats is None:
-            raise CaffeSurgeryError("--compensate needs activation statistics: use a data-driven criterion")
-        net, compensation = compensate(net, model.shapes, groups, keep, stats)
-        notes += compensation
-    pruned_net, pruned_shapes = apply_plan(net, model.shapes, groups, keep)
+
+    def chosen(groups):
+        return [g for g in chosen_groups(groups, args.layers, maxout_only=args.criterion == "maxout-wins")
+                if not protected & set(g.producers)]
+
+    groups = build_groups(model.net, model.shapes)
+    retrained_from = None
+    if args.retrain and args.tolerance is not None:
+        from .retrain import tolerance_with_retraining
+
+        pruned_net, pruned_shapes, plan, _ = tolerance_with_retraining(
+            model, chosen, lambda current, g, g_list: _scores(args, current, source, g, g_list, calibration)[0],
+            evaluator, args.tolerance, _retrainer(args), about={"criterion": args.criterion, "metric": metric})
+        notes, refits = [f"retrained after each of {len(plan.about['curve']) - 1} rounds (curve in the plan)"], []
+    else:
+        plan, pruned_net, pruned_shapes, notes, refits = _pruned(args, model, source, calibration, groups,
+                                                                 chosen(groups), protected)
+        if args.retrain and not args.dry_run:
+            retrained_from = pruned_net
+            pruned_net = _retrainer(args).retrain(pruned_net, pruned_shapes, plan)
     report = prune_report(model.shapes, pruned_shapes, model.net, pruned_net)
     report["notes"] = notes
+    report["refits"] = [refit.as_dict() for refit in refits]
     if args.dry_run:
         print(plan.to_json())
         print(format_prune_report(report))
         return 0
     prefix = Path(args.output)
     if source is not None:
-        metric, evaluator, measure = _measure(model, source, args)
         if measure is None:
             report["accuracy"] = {"before": evaluator(model.net, model.shapes),
                                   "after": evaluator(pruned_net, pruned_shapes), "samples": len(source)}
+            if retrained_from is not None:
+                report["accuracy"]["before_retraining"] = evaluator(retrained_from, pruned_shapes)
+                notes.append(f"top-1 before retraining {report['accuracy']['before_retraining']:.4f}")
         else:
             report["agreement"] = {"metric": metric, **measure.figures(pruned_net, pruned_shapes), "samples": len(source)}
             if metric == "agreement":
                 report["agreement"]["score_threshold"] = args.score_threshold
+    if "budget" in plan.about:
+        report["budget"] = plan.about["budget"]
+        if "accuracy" in report and args.measure == "top1" and not args.sensitivity:
+            report["budget"]["predicted_accuracy"] = report["accuracy"]["before"] - report["budget"]["predicted_loss"]
+            notes.append(f"budget: predicted top-1 {report['budget']['predicted_accuracy']:.4f}, measured "
+                         f"{report['accuracy']['after']:.4f}")
+        notes.append(f"budget {report['budget']['target']}: reached {report['budget']['reached']:.3f}, ratios "
+                     + ", ".join(f"{k} {v:g}" for k, v in report["budget"]["ratios"].items())
+                     + f"; predicted loss {report['budget']['predicted_loss']:.4g} ({report['budget']['predicted_by']})")
     if args.profile:
         from .profile import latency_ms
 
@@ -525,7 +672,7 @@ def cmd_prune(args) -> int:
     if args.solver and not train_val:
         raise CaffeSurgeryError("--solver needs the training net: pass --train-val FILE")
     images = input_layer(pruned_net).tops[0]
-    finetuning = finetune_files(prefix, train_val, plan, net, pruned_net,
+    finetuning = finetune_files(prefix, train_val, plan, model.net, pruned_net,
                                 {images.name: tuple(pruned_shapes.blob(images)[1:])}, args.solver) if train_val else {}
     written = deploy_net(pruned_net, pruned_shapes) if train_val == args.prototxt else pruned_net
     written = reshape_net(written, dict(args.input))
@@ -623,6 +770,28 @@ def cmd_plot(args) -> int:
 
     what = plot_file(args.document, args.output)
     print(f"wrote {args.output} ({what})")
+    return 0
+
+
+def cmd_sensitivity(args) -> int:
+    """Prune each group alone at each ratio and measure the net; write CSV, JSON and a PNG of the curves."""
+    from .groups import build_groups
+    from .pruning import chosen_groups
+    from .report import format_table
+    from .sensitivity import sensitivity_curves, write_sensitivity
+
+    model, source = _load(args, with_data=True)
+    groups = build_groups(model.net, model.shapes)
+    group_list = chosen_groups(groups, args.layers)
+    scores, _ = _scores(args, model, source, groups, group_list)
+    measure = _sensitivity_measure(args, model, list(_batches(model, source, args, "sensitivity")))
+    baseline, curves = sensitivity_curves(model, groups, group_list, scores, args.ratios, measure)
+    paths = write_sensitivity(args.output, baseline, curves, measure,
+                              {"criterion": args.criterion, "samples": len(source)})
+    rows = [(layer, *(f"{p.value:.4f}" for p in points[1:])) for layer, points in curves.items()]
+    print(f"{measure.name} of the unpruned net: {baseline:.4f}")
+    print(format_table(["layer"] + [f"{r:g}" for r in args.ratios], rows))
+    print(f"wrote {', '.join(paths)}")
     return 0
 
 
@@ -813,11 +982,30 @@ def build_parser() -> argparse.ArgumentParser:
                             "agreement for detectors, top1 for classifiers with labelled data, else rel-error")
     prune.add_argument("--score-threshold", type=float, default=SCORE_THRESHOLD,
                        help=f"agreement: the score from which detections count (default {SCORE_THRESHOLD:g})")
+    prune.add_argument("--budget", metavar="macs=F|params=F",
+                       help="keep this fraction of the MACs (or parameters), per-group ratios chosen for the least "
+                            "predicted loss (sensitivity on the calibration data, else the scores)")
+    prune.add_argument("--sensitivity", metavar="JSON", help="--budget: losses from this 'sensitivity' output")
+    prune.add_argument("--ratios", type=_ratio_list, default=DEFAULT_RATIOS,
+                       help="--budget: the ratios each group may take (default 0.1,0.2,...,0.9)")
+    prune.add_argument("--measure", choices=("top1", "output-error"), default="top1",
+                       help="--budget: what the sensitivity measures (output-error: data without labels)")
+    prune.add_argument("--retrain", metavar="SOLVER", help="fine-tune with this solver's TRAIN net (pruned alike) "
+                       "after pruning, or after each --tolerance round (needs the train extra)")
+    prune.add_argument("--retrain-iter", type=int, help="iterations per retraining (default: the solver's max_iter)")
     prune.add_argument("--stats", help="statistics .npz from 'relevance' (instead of a data pass)")
     prune.add_argument("--masks", type=int, default=100, help="random-masks: candidate masks to evaluate")
     prune.add_argument("--seed", type=int, default=0, help="random-masks: random seed")
     prune.add_argument("--compensate", action="store_true",
-                       help="fold removed channels' mean activation into the consumers' bias")
+                       help="fold removed inputs' mean values into the bias of the layers reading them")
+    prune.add_argument("--reconstruct", action="store_true",
+                       help="refit the layers reading pruned channels by least squares to the original outputs")
+    prune.add_argument("--independent", action="store_true",
+                       help="with --reconstruct: feed each refit from the original net, not the refit upstream")
+    prune.add_argument("--calib-data", metavar="SPEC",
+                       help="data for statistics, --compensate and --reconstruct (default: --data, which then "
+                            "only measures accuracy)")
+    prune.add_argument("--calib-limit", type=int, help="use only the first N calibration samples")
     prune.add_argument("--dry-run", action="store_true", help="print the plan and projected sizes; write nothing")
     prune.add_argument("--profile", action="store_true",
                        help="measure onnxruntime latency before and after (report's latency_ms)")
@@ -860,6 +1048,18 @@ def build_parser() -> argparse.ArgumentParser:
                  "'caffe-surgery[plot]')", cmd_plot)
     plot.add_argument("document", help="PREFIX.plan.json of 'prune --tolerance', or reproduce's results.json")
     plot.add_argument("-o", "--output", required=True, help="the .png to write")
+
+    sensitivity = _verb(verbs, "sensitivity", "prune each layer alone at each ratio and measure (CSV, JSON, PNG)",
+                        cmd_sensitivity)
+    _net_arguments(sensitivity, weights_required=True, data=True)
+    sensitivity.add_argument("--criterion", default="weight-l1", help="what each layer removes first (default "
+                                                                      "weight-l1; see prune --help)")
+    sensitivity.add_argument("--ratios", type=_ratio_list, default=DEFAULT_RATIOS,
+                             help="fractions of each layer's channels to remove (default 0.1,0.2,...,0.9)")
+    sensitivity.add_argument("--layers", type=lambda t: t.split(","), help="only these producer layers")
+    sensitivity.add_argument("--measure", choices=("top1", "output-error"), default="top1",
+                             help="top-1 on labelled data, or the outputs' relative error against the original")
+    sensitivity.add_argument("-o", "--output", required=True, help="output prefix: PREFIX.csv, .json, .png")
 
     sparsify = _verb(verbs, "sparsify", "magnitude weight pruning (exact zeros; sparse and zip sizes reported)",
                      cmd_sparsify)

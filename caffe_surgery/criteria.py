@@ -38,6 +38,8 @@ CRITERIA: dict[str, Criterion] = {
                             "no data; see similarity.py"),
     "random-masks": Criterion("random-masks", True, None, "best of N random feature-map masks on validation data "
                               "(Anwar & Sung 2016)"),
+    "thinet": Criterion("thinet", True, None, "greedy: remove the channels that change the next layer's output "
+                        "least (Luo et al. 2017); see thinet.py"),
 }
 
 

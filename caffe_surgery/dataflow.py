@@ -70,7 +70,8 @@ def open_source(net: Net, spec: str | None, transform=None, directory: str | Non
 @dataclass(frozen=True)
 class DataRequest:
     """Which data a pass reads, small enough to send to other processes: the spec (None: the net's own
-    data layer), the --scale/--mean transform, the --limit, the window (shard I of N) and the batch size.
+    data layer), the --scale/--mean transform, the --skip and --limit, the window (shard I of N) and the
+    batch size.
     Opening it reads nothing yet: every reader of a shard reads only its own records."""
 
     spec: str | None
@@ -79,10 +80,11 @@ class DataRequest:
     window: tuple[int, int] = (0, 1)
     batch_size: int = DEFAULT_BATCH
     directory: str | None = None
+    skip: int = 0
 
     def open(self, net: Net) -> Source:
-        """The source: the first ``limit`` samples, then the window's shard of them."""
-        source = open_source(net, self.spec, self.transform, self.directory)
+        """The source: past the first ``skip`` samples, the next ``limit``, then the window's shard of them."""
+        source = open_source(net, self.spec, self.transform, self.directory).skip(self.skip)
         if self.limit is not None:
             source = source.head(self.limit)
         return source.shard(*self.window)

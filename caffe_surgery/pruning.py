@@ -48,7 +48,7 @@ def chosen_groups(groups: Groups, layers: list[str] | None, maxout_only: bool = 
 
 
 def statistics_plan(model: Model, groups: Groups, group_list: list[Group], criterion: Criterion) -> Statistics:
-    """The taps and accumulators a data-driven criterion needs (channel sums always, for compensation)."""
+    """The taps and accumulators a data-driven criterion needs (channel sums always)."""
     wins = criterion.name == "maxout-wins"
     return Statistics.for_groups(model.net, groups, group_list, model.shapes, channels=not wins, maxout=wins,
                                  kinds=("sum",) + criterion.summary_kinds)
@@ -131,64 +131,6 @@ def prune(model: Model, plan: Plan, net: Net | None = None, source: str | None =
 
 
 Evaluator = Callable[[Net, NetShapes], float]
-
-
-def _removed_positions(groups: Groups, blob, keep: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Channel positions of a blob whose group indices are removed, with those group indices."""
-    positions, indices, offset = [], [], 0
-    for piece in groups.layouts[blob]:
-        kept = keep.get(piece.group)
-        if kept is not None and piece.index.shape[1] == 1:
-            gone = np.nonzero(~np.isin(piece.index[:, 0], kept))[0]
-            positions.append(gone + offset)
-            indices.append(piece.index[gone, 0])
-        offset += len(piece.index)
-    if not positions:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(positions), np.concatenate(indices)
-
-
-def compensate(net: Net, shapes: NetShapes, groups: Groups, keep: dict[int, np.ndarray], stats: Statistics) -> tuple[Net, list[str]]:
-    """A copy of the net whose consumers' biases absorb the removed channels' mean activations.
-
-    For a consumer reading removed channel c with mean value m_c, its bias
-    gains m_c times the sum of the weights that read c (every kernel tap, every
-    flattened column). Exact for constant channels away from zero padding.
-    """
-    means = {}
-    for gid in keep:
-        for tap in stats.channel_taps(gid):
-            means[tap] = (stats.tap_index[tap], stats.channels[tap].mean())
-    adjusted = copy.deepcopy(net)
-    notes = []
-    for layer in adjusted.layers:
-        if layer.type not in ("Convolution", "InnerProduct") or not layer.blobs:
-            continue
-        if layer.type == "Convolution" and layer.param.convolution_param.group != 1:
-            continue
-        bottom = layer.bottoms[0]
-        if bottom.key not in means:
-            continue
-        positions, _ = _removed_positions(groups, bottom, keep)
-        if positions.size == 0:
-            continue
-        if len(layer.blobs) < 2:
-            notes.append(f"{layer.name}: no bias to compensate into")
-            continue
-        index, mean = means[bottom.key]
-        value_of = dict(zip(index.tolist(), mean.tolist()))
-        piece_index = np.concatenate([p.index[:, 0] for p in groups.layouts[bottom]])
-        channel_means = np.array([value_of.get(int(piece_index[p]), 0.0) for p in positions])
-        weight = layer.blobs[0]
-        if layer.type == "InnerProduct":
-            spatial = int(np.prod(shapes.blob(bottom)[2:], dtype=np.int64))
-            rows = weight.T if layer.param.inner_product_param.transpose else weight
-            per_channel = rows.reshape(rows.shape[0], -1, spatial).sum(axis=2)
-        else:
-            per_channel = weight.sum(axis=(2, 3))
-        layer.blobs[1] = (layer.blobs[1] + per_channel[:, positions] @ channel_means).astype(np.float32)
-        notes.append(f"{layer.name}: bias compensated for {positions.size} removed channels")
-    return adjusted, notes
 
 
 def random_masks_plan(model: Model, groups: Groups, group_list: list[Group], budget: Budget, evaluate: Evaluator,

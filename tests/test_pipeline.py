@@ -9,8 +9,8 @@ from caffe_surgery.data import Transformer, idx_source
 from caffe_surgery.evaluate import evaluate
 from caffe_surgery.groups import build_groups
 from caffe_surgery.model import Model, load_model
-from caffe_surgery.pruning import (compensate, gather, prune, random_masks_plan, score, statistics_plan,
-                                   tolerance_plan)
+from caffe_surgery.pruning import gather, prune, random_masks_plan, score, statistics_plan, tolerance_plan
+from caffe_surgery.reconstruct import compensate
 from caffe_surgery.runtime import Runtime
 from caffe_surgery.selection import Budget
 from caffe_surgery.surgery import apply_plan
@@ -38,8 +38,10 @@ def test_compensation_removes_a_dead_filter_without_shifting_the_next_layer():
     gather(model, stats, groups, [(x, None)], {"device": "cpu"})
     assert stats.channels["conv1@relu1"].mean()[2] == pytest.approx(0.7)
     keep = {group.id: np.array([0, 1, 3, 4])}
-    adjusted, notes = compensate(net, shapes, groups, keep, stats)
-    assert notes == ["fc: bias compensated for 1 removed channels"]
+    adjusted, refits, notes = compensate(net, shapes, groups, keep, lambda: [(x, None)],
+                                         runtime_options={"device": "cpu"})
+    assert notes == [] and [r.layer for r in refits] == ["fc"]
+    assert refits[0].error_before > 1e-3 and refits[0].error_after < 1e-10
     pruned, pruned_shapes = apply_plan(adjusted, shapes, groups, keep)
     plain, plain_shapes = apply_plan(net, shapes, groups, keep)
     want = Runtime(net, shapes).run(x)["fc"]

@@ -56,6 +56,12 @@ class Source:
         view._hi = min(self._hi, self._lo + max(count, 0))
         return view
 
+    def skip(self, count: int) -> "Source":
+        """Return a view without the first ``count`` samples of this view."""
+        view = copy.copy(self)
+        view._lo = min(self._hi, self._lo + max(count, 0))
+        return view
+
     def iter_raw(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """Yield untransformed batches over samples ``[start, stop)`` of this view (slice rules)."""
         if batch_size < 1:

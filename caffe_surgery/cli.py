@@ -510,7 +510,52 @@ def _verb(verbs, name, help_text, run):
     parser = verbs.add_parser(name, help=help_text, description=help_text, epilog=epilog,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.set_defaults(run=run)
+    _safety_arguments(parser)
     return parser
+
+
+def _size(text: str) -> int:
+    from .limits import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _safety_arguments(parser) -> None:
+    parser.add_argument("--max-memory", type=_size, metavar="SIZE",
+                        help="refuse inputs whose declared sizes need more than this (e.g. 8G; default: half the "
+                             "machine's memory)")
+    parser.add_argument("--in-place", action="store_true",
+                        help="allow an output to replace an input file (refused otherwise)")
+
+
+_INPUT_ARGUMENTS = ("prototxt", "weights", "a_prototxt", "a_weights", "b_prototxt", "b_weights", "input_prototxt",
+                    "plan", "stats", "parts", "solver", "spec", "data", "test_data")
+_OUTPUT_ARGUMENTS = ("output", "output_prototxt", "output_weights")
+_PREFIX_SUFFIXES = (".prototxt", ".caffemodel", ".plan.json", ".report.json")
+
+
+def _paths_of(args, names) -> list[str]:
+    """The file paths the named arguments give (data specs ``kind:path[:path]`` give their paths)."""
+    paths = []
+    for name in names:
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if not isinstance(value, str):
+                continue
+            kind, sep, rest = value.partition(":")
+            spec = name in ("spec", "data", "test_data") and sep
+            paths += [value] + (rest.split(":") + [rest] if spec else [])
+    return paths
+
+
+def _output_paths(args, command) -> list[str]:
+    outputs = _paths_of(args, _OUTPUT_ARGUMENTS)
+    if command in (cmd_prune, cmd_sparsify, cmd_fold_bn, cmd_importance):
+        outputs += [f"{args.output}{suffix}" for suffix in _PREFIX_SUFFIXES]
+    return outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -665,19 +710,33 @@ def _main_merge(argv: list[str]) -> int:
     parser.add_argument("parts", nargs="+", help="the part_*.npz files")
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--debug", action="store_true")
+    _safety_arguments(parser)
     args = parser.parse_args(argv)
     return run_command(cmd_relevance_merge, args, args.debug)
 
 
 def run_command(command, args, debug: bool) -> int:
-    """Run one verb: its exit code, or 1 with a one-line error for bad input."""
+    """Run one verb: its exit code, or 1 with a one-line error for bad input.
+
+    The memory limit applies for the run, and its input files are protected:
+    an output naming one is refused before any work (``--in-place`` allows it).
+    """
+    from . import guard, limits
+
+    limits.set_max_memory(getattr(args, "max_memory", None))
+    guard.protect(_paths_of(args, _INPUT_ARGUMENTS), in_place=getattr(args, "in_place", False))
     try:
+        for path in _output_paths(args, command):
+            guard.refuse_input(path)
         return command(args)
     except CaffeSurgeryError as exc:
         if debug:
             traceback.print_exc()
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return 1
+    finally:
+        guard.release()
+        limits.set_max_memory(None)
 
 
 if __name__ == "__main__":

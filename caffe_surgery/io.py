@@ -6,6 +6,7 @@ leaves nothing behind and never touches an input.
 """
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -266,9 +267,13 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMP_NAME.match(entry.name)
-        if match and entry.is_file(follow_symlinks=False) and not _process_alive(int(match["pid"])):
+        if match is None or entry.is_symlink() or _process_alive(int(match["pid"])):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
             Path(entry.path).unlink(missing_ok=True)
-            removed.append(Path(entry.path))
+        removed.append(Path(entry.path))
     return removed
 
 

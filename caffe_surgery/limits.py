@@ -80,7 +80,7 @@ def regular_file_size(path: str | os.PathLike, what: str, error=ParseError) -> i
     try:
         info = os.stat(path)
     except OSError as exc:
-        raise error(f"cannot read {what}: {exc.strerror}", file=str(path)) from None
+        raise error(f"cannot read file: {exc.strerror}", file=str(path)) from None
     if not stat.S_ISREG(info.st_mode):
         raise error(f"{what} is not a regular file (a device, a pipe or a folder cannot be read as one)",
                     file=str(path))
@@ -99,7 +99,7 @@ def read_file(path: str | os.PathLike, what: str, error=ParseError, limit: int |
         with open(path, "rb") as handle:
             data = handle.read(bound + 1)
     except OSError as exc:
-        raise error(f"cannot read {what}: {exc.strerror}", file=str(path)) from None
+        raise error(f"cannot read file: {exc.strerror}", file=str(path)) from None
     if len(data) > bound:
         raise error(f"{what} grew past {format_bytes(bound)} while being read", file=str(path))
     return data

@@ -350,8 +350,8 @@ def test_leveldb_is_rejected(tmp_path):
     ("idx:", "bad data spec 'idx:'"),
     ("hdf5:x.h5", "unknown kind 'hdf5'"),
     ("lmdb:/no/such/db", "/no/such/db: no such LMDB"),
-    ("idx:/no/such/file", "/no/such/file: cannot read IDX file"),
-    ("npy:/no/such.npy", "/no/such.npy: cannot read numpy file"),
+    ("idx:/no/such/file", "/no/such/file: cannot read file"),
+    ("npy:/no/such.npy", "/no/such.npy: cannot read file"),
 ])
 def test_bad_specs(spec, message):
     with pytest.raises(DataError, match=message):

@@ -9,14 +9,11 @@ with the caffemodel.
 from __future__ import annotations
 
 import os
-from collections import Counter
-
-import numpy as np
 
 from . import caffe_pb2
-from .blobs import blob_shape, is_legacy_shape
+from .blobs import is_legacy_shape
 from .errors import CaffeSurgeryError
-from .graph import TEST, BlobVersion, Layer, Net, layer_included
+from .graph import TEST, BlobVersion, Layer, Net, included_layers, net_state
 from .io import read_net_text
 from .model import StoredLayers, fit_blobs, legacy_fits, read_stored_weights, stored_array
 from .shapes import DataShapes, NetShapes, infer_shapes
@@ -86,13 +83,10 @@ def _lenient_net(net_param: caffe_pb2.NetParameter, phase: int, source: str, pro
     """Like ``build_net``, but a layer with a duplicate name or a missing bottom is reported and left out
     (and silently so are the layers reading only what it would have made); a blob written twice is kept
     as a rewrite, for ``check_model`` to report."""
-    state = caffe_pb2.NetState()
-    state.CopyFrom(net_param.state)
-    state.phase = phase
     header = caffe_pb2.NetParameter()
     header.CopyFrom(net_param)
     del header.layer[:]
-    params = [p for p in net_param.layer if layer_included(p, state)]
+    params = included_layers(net_param, net_state(net_param, phase), source)
     producers = {top: p.name for p in params for top in p.top}
     current: dict[str, BlobVersion] = {}
     dropped: set[str] = set()
@@ -163,7 +157,10 @@ def check_files(prototxt: str | os.PathLike, weights: str | os.PathLike,
     except CaffeSurgeryError as exc:
         return [exc.with_file(net_source).one_line()]
     problems: list[str] = []
-    net = _lenient_net(net_param, phase, net_source, problems)
+    try:
+        net = _lenient_net(net_param, phase, net_source, problems)
+    except CaffeSurgeryError as exc:
+        return [exc.one_line()]
     errors: list[CaffeSurgeryError] = []
     shapes = infer_shapes(net, input_shapes, data_shapes=data_shapes, errors=errors)
     problems += _structure_problems(net, net_source)

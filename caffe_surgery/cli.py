@@ -78,6 +78,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
 def _ratio(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
@@ -113,10 +123,10 @@ def _data_arguments(parser):
                                                      "data layer with a transform_param), e.g. 0.00390625")
     parser.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")],
                         help="mean value(s) to subtract per channel, e.g. 104,117,123")
-    parser.add_argument("--limit", type=int, help="use only the first N samples")
-    parser.add_argument("--batch-size", type=int, help="samples per run (default: the data layer's, else 64)")
+    parser.add_argument("--limit", type=_positive, help="use only the first N samples")
+    parser.add_argument("--batch-size", type=_positive, help="samples per run (default: the data layer's, else 64)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime device")
-    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--threads", type=_positive, help="onnxruntime intra-op threads (default: all cores)")
 
 
 def _runtime_options(args) -> dict:
@@ -256,6 +266,7 @@ def cmd_compare(args) -> int:
     names = shared_blobs(model_a.net, model_b.net)
     top = input_layer(model_a.net).tops[0]
     count = args.limit or 1
+    _check_compare_memory(model_a, model_b, names, top, count)
     if args.data:
         images, _ = next(iter(open_source(model_a.net, args.data).head(count).iter_batches(count)))
     else:
@@ -268,6 +279,17 @@ def cmd_compare(args) -> int:
         values_b = run_onnxruntime(model_b.net, model_b.shapes, names, images, options)
     print(format_differences(compare(values_a, values_b, names)))
     return 0
+
+
+def _check_compare_memory(model_a, model_b, names, top, count: int) -> None:
+    """Refuse, before anything is allocated, a comparison whose inputs and blob values exceed the memory limit."""
+    from math import prod
+
+    from .limits import check_allocation
+
+    per_sample = prod(model_a.shapes.blob(top)[1:]) + sum(
+        prod(model.shapes.blob(model.net.final(name))[1:]) for model in (model_a, model_b) for name in names)
+    check_allocation(4 * count * per_sample, f"comparing {count} samples (inputs and every shared blob of both nets)")
 
 
 def cmd_convert_data(args) -> int:
@@ -336,6 +358,9 @@ def _budget(args):
 
     if args.criterion and args.ratio is None and args.keep is None and args.maxout_k is None and args.tolerance is None:
         raise CaffeSurgeryError("say how much to remove: --ratio, --keep, --maxout-k or --tolerance")
+    if args.global_ranking and (args.keep is not None or args.layer_ratio):
+        raise CaffeSurgeryError("--global sets one threshold over all layers from --ratio; --keep and --layer-ratio "
+                                "set per-layer counts: use one or the other")
     return Budget(ratio=args.ratio, keep=args.keep, min_keep=args.min_keep, round_to=args.round_to,
                   overrides=dict(args.layer_ratio), global_ranking=args.global_ranking, maxout_k=args.maxout_k,
                   maxout_units=args.maxout_units)
@@ -594,16 +619,16 @@ def build_parser() -> argparse.ArgumentParser:
         compare.add_argument(name)
     compare.add_argument("--input", action="append", type=parse_input_shape, default=[], metavar="NAME=N,C,H,W")
     compare.add_argument("--data", metavar="SPEC", help="inputs from data (default: seeded random inputs)")
-    compare.add_argument("--limit", type=int, help="samples to compare (default 1)")
+    compare.add_argument("--limit", type=_positive, help="samples to compare (default 1)")
     compare.add_argument("--backend", choices=("onnxruntime", "opencv"), default="onnxruntime",
                          help="what runs net B (A always runs in onnxruntime)")
     compare.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    compare.add_argument("--threads", type=int)
+    compare.add_argument("--threads", type=_positive)
 
     convert = _verb(verbs, "convert-data", "write a Caffe LMDB of Datum records (keys %%08d)", cmd_convert_data)
     convert.add_argument("spec", help="idx:IMAGES:LABELS, list:FILE[:ROOT], npy:PATH or lmdb:PATH")
     convert.add_argument("-o", "--output", required=True, help="the LMDB folder to create")
-    convert.add_argument("--limit", type=int, help="convert only the first N samples")
+    convert.add_argument("--limit", type=_positive, help="convert only the first N samples")
     convert.add_argument("--force", action="store_true", help="replace an existing output")
 
     relevance = _verb(verbs, "relevance", "gather relevance statistics on data (or: relevance merge PARTS -o OUT)",
@@ -621,21 +646,21 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--plan", help="apply this plan JSON")
     how.add_argument("--criterion", help="rank by this criterion (see the list below)")
     prune.add_argument("--ratio", type=_ratio, help="fraction to remove per group (or globally with --global)")
-    prune.add_argument("--keep", type=int, help="channels to keep per group")
+    prune.add_argument("--keep", type=_positive, help="channels to keep per group")
     prune.add_argument("--global", dest="global_ranking", action="store_true",
                        help="one threshold over scores normalised per layer")
-    prune.add_argument("--min-keep", type=int, default=1, help="never keep fewer channels per group (default 1)")
-    prune.add_argument("--round-to", type=int, default=1, help="round kept counts up to a multiple (e.g. 8)")
+    prune.add_argument("--min-keep", type=_positive, default=1, help="never keep fewer channels per group (default 1)")
+    prune.add_argument("--round-to", type=_positive, default=1, help="round kept counts up to a multiple (e.g. 8)")
     prune.add_argument("--layer-ratio", action="append", type=_override, default=[], metavar="LAYER=RATIO",
                        help="a different ratio for one producer layer (repeatable)")
     prune.add_argument("--layers", type=lambda t: t.split(","), help="only prune these producer layers")
     prune.add_argument("--protect", type=lambda t: t.split(","), default=[], help="never prune these layers")
-    prune.add_argument("--maxout-k", type=int, help="maxout: neurons kept per unit")
+    prune.add_argument("--maxout-k", type=_positive, help="maxout: neurons kept per unit")
     prune.add_argument("--maxout-units", action="store_true", help="maxout: drop whole units instead of neurons")
     prune.add_argument("--tolerance", type=float, metavar="T",
                        help="prune progressively until top-1 accuracy drops by more than T percentage points")
     prune.add_argument("--stats", help="statistics .npz from 'relevance' (instead of a data pass)")
-    prune.add_argument("--masks", type=int, default=100, help="random-masks: candidate masks to evaluate")
+    prune.add_argument("--masks", type=_positive, default=100, help="random-masks: candidate masks to evaluate")
     prune.add_argument("--seed", type=int, default=0, help="random-masks: random seed")
     prune.add_argument("--compensate", action="store_true",
                        help="fold removed channels' mean activation into the consumers' bias")

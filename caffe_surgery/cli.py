@@ -554,6 +554,8 @@ def _safety_arguments(parser) -> None:
                              "machine's memory)")
     parser.add_argument("--in-place", action="store_true",
                         help="allow an output to replace an input file (refused otherwise)")
+    parser.add_argument("--proto", metavar="FORK.proto",
+                        help="read and write texts with this fork's caffe.proto (its fields typed; needs grpcio-tools)")
 
 
 _INPUT_ARGUMENTS = ("prototxt", "weights", "a_prototxt", "a_weights", "b_prototxt", "b_weights", "input_prototxt",
@@ -746,13 +748,15 @@ def run_command(command, args, debug: bool) -> int:
     The memory limit applies for the run, and its input files are protected:
     an output naming one is refused before any work (``--in-place`` allows it).
     """
-    from . import guard, limits
+    from . import guard, limits, schema
 
     limits.set_max_memory(getattr(args, "max_memory", None))
     guard.protect(_paths_of(args, _INPUT_ARGUMENTS), in_place=getattr(args, "in_place", False))
     try:
         for path in _output_paths(args, command):
             guard.refuse_input(path)
+        if getattr(args, "proto", None):
+            schema.use(schema.compile_schema(args.proto))
         return command(args)
     except CaffeSurgeryError as exc:
         if debug:
@@ -762,6 +766,7 @@ def run_command(command, args, debug: bool) -> int:
     finally:
         guard.release()
         limits.set_max_memory(None)
+        schema.use(None)
 
 
 if __name__ == "__main__":

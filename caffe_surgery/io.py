@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import message, text_format
 
-from . import caffe_pb2, guard, limits, textproto
+from . import caffe_pb2, guard, limits, schema, textproto
 from .blobs import blob_to_array
 from .errors import ParseError
 from .wire import FIXED32, FIXED64, LENGTH, VARINT, encode_varint
@@ -30,11 +30,13 @@ def _read_bytes(path: str | os.PathLike, what: str = "file") -> bytes:
 
 def _parse_text(path, proto):
     text = _read_bytes(path, "text prototxt").decode("utf-8", errors="replace")
+    fork = schema.active()
+    target = fork.message_class(proto.DESCRIPTOR.full_name)() if fork else proto
     try:
-        textproto.parse(text, proto)
+        textproto.parse(text, target)
     except text_format.ParseError as exc:
         raise ParseError(f"syntax error: {exc}", file=str(path)) from exc
-    return proto
+    return fork.from_fork(target, proto) if fork else proto
 
 
 def read_net_text(path: str | os.PathLike) -> caffe_pb2.NetParameter:
@@ -323,7 +325,8 @@ def _sync_folder(folder: Path) -> None:
 
 def write_text(path: str | os.PathLike, proto: message.Message) -> None:
     """Write a message as a text prototxt, atomically."""
-    atomic_write(path, [textproto.to_text(proto).encode("utf-8")])
+    fork = schema.active()
+    atomic_write(path, [textproto.to_text(fork.to_fork(proto) if fork else proto).encode("utf-8")])
 
 
 def write_binary(path: str | os.PathLike, proto: message.Message) -> None:

@@ -97,9 +97,9 @@ def read_file(path: str | os.PathLike, what: str, error=ParseError, limit: int |
                     file=str(path))
     try:
         with open(path, "rb") as handle:
-            data = handle.read(bound + 1)
+            data = handle.read(size + 1)
     except OSError as exc:
         raise error(f"cannot read file: {exc.strerror}", file=str(path)) from None
-    if len(data) > bound:
+    if len(data) > size or len(data) > bound:
         raise error(f"{what} grew past {format_bytes(bound)} while being read", file=str(path))
     return data

@@ -1,6 +1,7 @@
 """In-memory sample arrays: MNIST-style IDX files and numpy ``.npy``/``.npz`` files."""
 
 import gzip
+import zipfile
 import zlib
 from io import BytesIO
 from collections.abc import Iterator
@@ -98,7 +99,7 @@ def numpy_source(path: str, transformer: Transformer | None = None) -> ArraySour
     limits.regular_file_size(path, "numpy file", DataError)
     try:
         loaded = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot load numpy file: {exc}", file=path) from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         return ArraySource(loaded, None, path, transformer)
@@ -111,7 +112,7 @@ def numpy_source(path: str, transformer: Transformer | None = None) -> ArraySour
         try:
             images = loaded[image_key]
             labels = loaded[label_key] if label_key else None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile, zlib.error) as exc:
             raise DataError(f"cannot load numpy archive: {exc}", file=path) from None
     return ArraySource(images, labels, path, transformer)
 

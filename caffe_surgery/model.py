@@ -55,7 +55,7 @@ def weights_by_layer(weights: caffe_pb2.NetParameter, source: str) -> StoredLaye
     """
     found: StoredLayers = {}
     for layer in weights.layer:
-        found.setdefault(layer.name, []).append(list(layer.blobs))
+        found.setdefault(_layer_name(layer, source), []).append(list(layer.blobs))
     return found
 
 
@@ -78,8 +78,15 @@ def read_stored_weights(path: str | os.PathLike) -> StoredLayers:
         upgrade_net(header)  # the header's own errors (e.g. input_dim not 4 per input), as a whole read gives
     found: StoredLayers = {}
     for layer, blobs in layers:
-        found.setdefault(layer.name, []).append(blobs)
+        found.setdefault(_layer_name(layer, path), []).append(blobs)
     return found
+
+
+def _layer_name(layer, path) -> str:
+    """The layer's name; ParseError when it is not UTF-8 text (protobuf then hands back bytes)."""
+    if isinstance(layer.name, bytes):
+        raise ParseError(f"a layer name is not UTF-8 text: {layer.name!r}", file=str(path))
+    return layer.name
 
 
 def stored_array(stored_blob: StoredBlob) -> tuple[caffe_pb2.BlobProto, np.ndarray]:
@@ -146,16 +153,21 @@ def attach_weights(net: Net, shapes: NetShapes, stored: StoredLayers, source: st
     return warnings
 
 
-def require_weights(net: Net, shapes: NetShapes, stored: StoredLayers, source: str) -> list[str]:
-    """Refuse weights that give no weighted layer of the net its blobs (the weights of another net);
-    return a warning naming the weighted layers left without blobs (Caffe would fill those from fillers)."""
+def require_weights(net: Net, shapes: NetShapes, stored: StoredLayers, source: str, partial: bool = False) -> list[str]:
+    """Refuse weights that leave a weighted layer of the net without blobs (all of them: the weights of
+    another net). ``partial``: allow some, for a caller that fills them itself; return a warning naming them."""
     weighted = [layer for layer in net.layers if shapes.layer(layer.name).param_shapes]
-    missing = [layer.name for layer in weighted if not layer.blobs]
+    missing = [layer for layer in weighted if not layer.blobs]
     if missing and len(missing) == len(weighted):
         raise ShapeError(f"no weighted layer of the net has weights in the caffemodel (none of "
-                         f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} is stored; it holds "
-                         f"{len(stored)} other layers): weights of another net?", file=source)
-    return [f"{source}: no weights for {', '.join(missing)} (left empty)"] if missing else []
+                         f"{', '.join(l.name for l in missing[:5])}{', ...' if len(missing) > 5 else ''} is "
+                         f"stored; it holds {len(stored)} other layers): weights of another net?", file=source)
+    if missing and not partial:
+        layer = missing[0]
+        expected = shapes.layer(layer.name).param_shapes
+        raise ShapeError(f"no weights in the caffemodel; the {layer.type} layer needs {len(expected)} blobs of "
+                         f"shapes {', '.join(map(str, expected))}", file=source, layer=layer.name)
+    return [f"{source}: no weights for {', '.join(l.name for l in missing)} (left empty)"] if missing else []
 
 
 def check_weight_sizes(net: Net, shapes: NetShapes, source: str | None) -> None:
@@ -185,8 +197,11 @@ def load_net(prototxt: str | os.PathLike, phase: int = TEST, stages: tuple[str, 
 def load_model(prototxt: str | os.PathLike, weights: str | os.PathLike | None = None, *,
                phase: int = TEST, input_shapes: dict[str, tuple[int, ...]] | None = None,
                stages: tuple[str, ...] = (), data_shapes: DataShapes | None = None,
-               top_shapes: dict[str, list[tuple[int, ...]]] | None = None) -> Model:
+               top_shapes: dict[str, list[tuple[int, ...]]] | None = None, partial_weights: bool = False) -> Model:
     """Load a prototxt and optionally its caffemodel into a checked ``Model``.
+
+    Every weighted layer must find its blobs in the caffemodel, unless
+    ``partial_weights`` (then those without are left empty, with a warning).
 
     ``data_shapes`` tells the item shape behind a Data layer; ``top_shapes``
     gives the output shapes of layers without a shape rule (see ``shapes``).
@@ -201,7 +216,7 @@ def load_model(prototxt: str | os.PathLike, weights: str | os.PathLike | None = 
     if weights is not None:
         stored = read_stored_weights(weights)
         warnings = attach_weights(net, shapes, stored, str(weights))
-        warnings += require_weights(net, shapes, stored, str(weights))
+        warnings += require_weights(net, shapes, stored, str(weights), partial_weights)
     for message in warnings:
         log.warning(message)
     return Model(net=net, shapes=shapes, warnings=warnings)

@@ -29,8 +29,11 @@ def _submessage(root: message.Message, path: list[tuple[str, int]]) -> message.M
     return current
 
 
+_MARK = b"\x07"  # wire type 7 does not exist: the bytes never parse as a message, so they print as a string
+
+
 def _preserve(target: message.Message, snippet: str) -> None:
-    target.MergeFromString(length_delimited(PRESERVED_FIELD, snippet.encode("utf-8")))
+    target.MergeFromString(length_delimited(PRESERVED_FIELD, _MARK + snippet.encode("utf-8")))
 
 
 class _Scanner:
@@ -148,7 +151,7 @@ def _restore(line: str) -> list[str]:
     if match is None:
         return [] if _OTHER_UNKNOWN_LINE.match(line) else [line]
     indent, escaped = match.groups()
-    snippet = text_encoding.CUnescape(escaped).decode("utf-8")
+    snippet = text_encoding.CUnescape(escaped).removeprefix(_MARK).decode("utf-8")
     first, *rest = snippet.split("\n")
     base = min((len(l) - len(l.lstrip()) for l in rest if l.strip()), default=0)
     return [indent + first] + [indent + l[base:] if l.strip() else "" for l in rest]

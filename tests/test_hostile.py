@@ -339,3 +339,46 @@ def test_max_memory_sizes_parse():
             limits.parse_size(bad)
     with pytest.raises(ParseError, match="blob shape"):
         limits.element_count((3, -1), "blob shape")
+
+
+# -- fork fields ------------------------------------------------------------------------------------
+
+def test_unknown_fields_are_found_in_one_pass_and_kept_in_place():
+    layers = "".join(f'layer {{ name: "r{i}" type: "ReLU" bottom: "x" top: "x" fork_{i}: {i} '
+                     f'fork_block {{ a: [1, 2] b {{ c: "s" }} }} }}\n' for i in range(300))
+    net = caffe_pb2.NetParameter()
+    from caffe_surgery import textproto
+    names = textproto.parse('name: "n"\n' + layers, net)
+    assert names == [n for i in range(300) for n in (f"fork_{i}", "fork_block")]
+    again = caffe_pb2.NetParameter()
+    assert textproto.parse(textproto.to_text(net), again) == names and again == net
+    assert f"fork_299: 299" in textproto.to_text(net).split('name: "r299"')[1]
+
+
+FORK_PROTO_EXTRA = "  optional float fork_gain = 9999;\n"
+
+
+def _fork_schema(tmp_path):
+    text = (REPO / "proto" / "caffe.proto").read_text().replace(
+        "message LayerParameter {\n", "message LayerParameter {\n" + FORK_PROTO_EXTRA, 1)
+    (tmp_path / "fork.proto").write_text(text)
+    return tmp_path / "fork.proto"
+
+
+def test_a_fork_schema_types_its_fields(tmp_path, capsys):
+    schema = _fork_schema(tmp_path)
+    net = tmp_path / "net.prototxt"
+    net.write_text(PROTOTXT.read_text().replace('type: "Pooling"', 'type: "Pooling"\n  fork_gain: 2.5', 1))
+    code, _ = run(["upgrade", net, tmp_path / "out.prototxt", "--proto", schema], capsys)
+    assert code == 0 and "fork_gain: 2.5" in (tmp_path / "out.prototxt").read_text()
+    net.write_text(PROTOTXT.read_text().replace('type: "Pooling"', 'type: "Pooling"\n  fork_gain: "high"', 1))
+    code, err = run(["upgrade", net, tmp_path / "bad.prototxt", "--proto", schema], capsys)
+    assert code == 1 and "Couldn't parse float" in err
+    code, _ = run(["upgrade", net, tmp_path / "untyped.prototxt"], capsys)  # without the schema: kept as text
+    assert code == 0 and 'fork_gain: "high"' in (tmp_path / "untyped.prototxt").read_text()
+
+
+def test_a_fork_schema_without_grpcio_tools_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "grpc_tools", None)
+    code, err = run(["info", PROTOTXT, "--proto", _fork_schema(tmp_path)], capsys)
+    assert code == 1 and "--proto needs grpcio-tools" in err

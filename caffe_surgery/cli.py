@@ -256,7 +256,7 @@ def cmd_compare(args) -> int:
     """Run two nets on the same inputs and list, blob by blob, how far B is from A."""
     import numpy as np
 
-    from .compare import compare, run_onnxruntime, run_opencv, shared_blobs
+    from .compare import DifferenceSums, onnxruntime_runner, opencv_runner, shared_blobs
     from .dataflow import input_layer, open_source
     from .model import load_model
     from .report import format_differences
@@ -266,19 +266,30 @@ def cmd_compare(args) -> int:
     names = shared_blobs(model_a.net, model_b.net)
     top = input_layer(model_a.net).tops[0]
     count = args.limit or 1
-    _check_compare_memory(model_a, model_b, names, top, count)
+    chunk = min(count, COMPARE_BATCH)
+    _check_compare_memory(model_a, model_b, names, top, chunk)
     if args.data:
-        images, _ = next(iter(open_source(model_a.net, args.data).head(count).iter_batches(count)))
+        chunks = (images for images, _ in open_source(model_a.net, args.data).head(count).iter_batches(chunk))
     else:
-        images = np.random.default_rng(0).standard_normal((count,) + tuple(model_a.shapes.blob(top)[1:])).astype(np.float32)
+        rng = np.random.default_rng(0)
+        shape = tuple(model_a.shapes.blob(top)[1:])
+        chunks = (rng.standard_normal((min(chunk, count - start),) + shape).astype(np.float32)
+                  for start in range(0, count, chunk))
     options = {"device": args.device, "threads": args.threads}
-    values_a = run_onnxruntime(model_a.net, model_a.shapes, names, images, options)
-    if args.backend == "opencv":
-        values_b = run_opencv(model_b.net, args.b_prototxt, args.b_weights, names, images)
-    else:
-        values_b = run_onnxruntime(model_b.net, model_b.shapes, names, images, options)
-    print(format_differences(compare(values_a, values_b, names)))
+    run_a = onnxruntime_runner(model_a.net, model_a.shapes, names, options)
+    run_b = (opencv_runner(model_b.net, args.b_prototxt, args.b_weights, names) if args.backend == "opencv"
+             else onnxruntime_runner(model_b.net, model_b.shapes, names, options))
+    sums = {name: DifferenceSums() for name in names}
+    for images in chunks:  # one batch of inputs and blob values at a time
+        values_a, values_b = run_a(images), run_b(images)
+        for name in names:
+            sums[name].add(values_a[name], values_b[name])
+    print(format_differences([sums[name].result(name) for name in names]))
     return 0
+
+
+COMPARE_BATCH = 64
+"""Samples compared per run of both nets."""
 
 
 def _check_compare_memory(model_a, model_b, names, top, count: int) -> None:
@@ -289,7 +300,8 @@ def _check_compare_memory(model_a, model_b, names, top, count: int) -> None:
 
     per_sample = prod(model_a.shapes.blob(top)[1:]) + sum(
         prod(model.shapes.blob(model.net.final(name))[1:]) for model in (model_a, model_b) for name in names)
-    check_allocation(4 * count * per_sample, f"comparing {count} samples (inputs and every shared blob of both nets)")
+    check_allocation(4 * count * per_sample, f"comparing a batch of {count} samples (inputs and every shared blob "
+                                             "of both nets)")
 
 
 def cmd_convert_data(args) -> int:

@@ -42,35 +42,61 @@ def shared_blobs(a: Net, b: Net) -> list[str]:
     return names
 
 
-def difference(name: str, x: np.ndarray, y: np.ndarray) -> BlobDifference:
-    """How far ``y`` is from ``x`` (None figures when the shapes differ)."""
-    if x.shape != y.shape:
-        return BlobDifference(name, x.shape, y.shape, None, None, None)
-    x64, y64 = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
-    max_abs = float(np.abs(x64 - y64).max()) if x64.size else 0.0
-    norm = np.linalg.norm(x64) * np.linalg.norm(y64)
-    cosine = float(x64 @ y64 / norm) if norm else (1.0 if max_abs == 0 else 0.0)
-    return BlobDifference(name, x.shape, y.shape, max_abs, max_abs / max(1.0, float(np.abs(x64).max(initial=0))), cosine)
+class DifferenceSums:
+    """Running figures of how far B's values of one blob are from A's, over batches (so a long comparison
+    holds one batch at a time): max |A-B|, max |A|, A.B, |A|^2, |B|^2."""
+
+    def __init__(self):
+        self.shape_a = self.shape_b = None
+        self.samples, self.max_abs, self.max_a, self.dot, self.norm_a, self.norm_b = 0, 0.0, 0.0, 0.0, 0.0, 0.0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Add one batch of A's and B's values (batch axis first)."""
+        self.shape_a, self.shape_b = x.shape[1:], y.shape[1:]
+        self.samples += len(x)
+        if x.shape != y.shape:
+            return
+        x64, y64 = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
+        if x64.size:
+            self.max_abs = max(self.max_abs, float(np.abs(x64 - y64).max()))
+            self.max_a = max(self.max_a, float(np.abs(x64).max()))
+        self.dot += float(x64 @ y64)
+        self.norm_a += float(x64 @ x64)
+        self.norm_b += float(y64 @ y64)
+
+    def result(self, name: str) -> BlobDifference:
+        shape_a, shape_b = (self.samples,) + tuple(self.shape_a), (self.samples,) + tuple(self.shape_b)
+        if shape_a != shape_b:
+            return BlobDifference(name, shape_a, shape_b, None, None, None)
+        norm = np.sqrt(self.norm_a) * np.sqrt(self.norm_b)
+        cosine = float(self.dot / norm) if norm else (1.0 if self.max_abs == 0 else 0.0)
+        return BlobDifference(name, shape_a, shape_b, self.max_abs, self.max_abs / max(1.0, self.max_a), cosine)
 
 
-def run_onnxruntime(net: Net, shapes, names: list[str], inputs: np.ndarray, runtime_options: dict) -> dict[str, np.ndarray]:
-    """Final versions of the named blobs, computed by onnxruntime."""
+def onnxruntime_runner(net: Net, shapes, names: list[str], runtime_options: dict):
+    """A function of inputs -> final versions of the named blobs, computed by onnxruntime (one session)."""
     from .runtime import Runtime
 
     taps = [net.final(name) for name in names]
-    outputs = Runtime(net, shapes, taps=taps, outputs=(), **runtime_options).run(inputs)
-    return {name: outputs[tap.key] for name, tap in zip(names, taps)}
+    runtime = Runtime(net, shapes, taps=taps, outputs=(), **runtime_options)
+
+    def run(inputs: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = runtime.run(inputs)
+        return {name: outputs[tap.key] for name, tap in zip(names, taps)}
+
+    return run
 
 
-def run_opencv(net: Net, prototxt: str, weights: str, names: list[str], inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """The named blobs as OpenCV's Caffe importer computes them (asked for by the layer that last wrote them)."""
+def opencv_runner(net: Net, prototxt: str, weights: str, names: list[str]):
+    """A function of inputs -> the named blobs as OpenCV's Caffe importer computes them (asked for by the
+    layer that last wrote them)."""
     import cv2
 
     loaded = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
-    loaded.setInput(inputs)
-    return dict(zip(names, loaded.forward([net.final(name).producer for name in names])))
+    producers = [net.final(name).producer for name in names]
 
+    def run(inputs: np.ndarray) -> dict[str, np.ndarray]:
+        loaded.setInput(inputs)
+        return dict(zip(names, loaded.forward(producers)))
 
-def compare(a_values: dict[str, np.ndarray], b_values: dict[str, np.ndarray], names: list[str]) -> list[BlobDifference]:
-    """The per-blob differences, in order."""
-    return [difference(name, a_values[name], b_values[name]) for name in names]
+    return run

@@ -382,3 +382,32 @@ def test_a_fork_schema_without_grpcio_tools_is_a_clear_error(tmp_path, capsys, m
     monkeypatch.setitem(sys.modules, "grpc_tools", None)
     code, err = run(["info", PROTOTXT, "--proto", _fork_schema(tmp_path)], capsys)
     assert code == 1 and "--proto needs grpcio-tools" in err
+
+
+# -- compare streams ------------------------------------------------------------------------------
+
+def test_compare_streams_batches_within_a_small_memory_limit(capsys):
+    code, _ = run(["compare", PROTOTXT, CAFFEMODEL, PROTOTXT, CAFFEMODEL, "--limit", "500", "--max-memory", "16M",
+                   "--threads", "1"], capsys)
+    assert code == 0
+    code, err = run(["compare", PROTOTXT, CAFFEMODEL, PROTOTXT, CAFFEMODEL, "--limit", "500", "--max-memory", "1M"],
+                    capsys)
+    assert code == 1 and "comparing a batch of 64 samples" in err
+
+
+def test_difference_sums_over_batches_equal_one_pass():
+    from caffe_surgery.compare import DifferenceSums
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((130, 3, 4)).astype(np.float32)
+    b = a + rng.standard_normal(a.shape).astype(np.float32) * 0.01
+    whole, parts = DifferenceSums(), DifferenceSums()
+    whole.add(a, b)
+    for start in range(0, 130, 64):
+        parts.add(a[start:start + 64], b[start:start + 64])
+    one, many = whole.result("x"), parts.result("x")
+    assert one.shape_a == many.shape_a == (130, 3, 4)
+    assert one.max_abs == many.max_abs and one.relative == many.relative
+    assert many.cosine == pytest.approx(one.cosine, abs=1e-12)
+    x64, y64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    assert one.max_abs == np.abs(x64 - y64).max()
+    assert one.cosine == pytest.approx(x64 @ y64 / np.linalg.norm(x64) / np.linalg.norm(y64), abs=1e-12)

@@ -376,7 +376,8 @@ def _misuse_argv(rng: random.Random, work: Path) -> tuple[list[str], str | None]
         (["info", proto, "--max-memory", rng.choice(("0", "-1G", "lots"))], "a bad --max-memory"),
         (["check", proto, "-w", weights, "--max-memory", "1K"], "weights larger than --max-memory"),
         (["relevance", "merge", "-o", out], None),
-        (["compare", proto, weights, proto, weights, "--limit", "100000000"], "a comparison beyond the memory limit"),
+        (["compare", proto, weights, proto, weights, "--limit", "100000000", "--max-memory", "1M"],
+         "a comparison batch beyond the memory limit"),
         (["sparsify", proto, "-w", weights, "--sparsity", "0.5", "--threshold", "1", "-o", out], "two rules"),
         ([rng.choice(("info", "check", "prune", "export", "bogus"))] + rng.sample(
             ["--json", "--groups", "-w", weights, proto, "-o", out, "--phase", "VAL", "--limit", "2"], 3), None),

@@ -8,7 +8,7 @@ bytes so no per-element conversion runs in either direction.
 """
 import numpy as np
 
-from . import caffe_pb2
+from . import caffe_pb2, limits
 from .errors import ParseError
 from .wire import VARINT, encode_varint, field_key, length_delimited
 
@@ -21,14 +21,27 @@ _RAW_DTYPES = {
 }
 
 
+_LEGACY_DIMS = ("num", "channels", "height", "width")
+
+
 def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...] | None:
     """The blob's declared shape: ``shape.dim`` if present (``()`` for a scalar), else the
-    legacy 4-D dims, else None."""
-    if blob.HasField("shape"):
-        return tuple(int(d) for d in blob.shape.dim)
-    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
-        return (blob.num, blob.channels, blob.height, blob.width)
-    return None
+    legacy 4-D dims, else None.
+
+    ParseError for a negative dimension, and for ``shape`` and legacy dims that
+    disagree (Caffe reads the legacy dims then, so the blob means two things).
+    """
+    legacy = None
+    if any(blob.HasField(f) for f in _LEGACY_DIMS):
+        legacy = tuple(getattr(blob, f) for f in _LEGACY_DIMS)
+    shape = tuple(int(d) for d in blob.shape.dim) if blob.HasField("shape") else None
+    if shape is not None and legacy is not None and (
+            len(shape) > 4 or legacy != (1,) * (4 - len(shape)) + shape):
+        raise ParseError(f"blob declares shape {shape} and conflicting legacy dims {legacy}")
+    declared = shape if shape is not None else legacy
+    if declared is not None:
+        limits.element_count(declared, "blob shape")
+    return declared
 
 
 def is_legacy_shape(blob: caffe_pb2.BlobProto) -> bool:
@@ -59,7 +72,7 @@ def blob_to_array(blob: caffe_pb2.BlobProto, data: np.ndarray | None = None) -> 
     shape = blob_shape(blob)
     if shape is None:
         return values
-    expected = int(np.prod(shape))
+    expected = limits.element_count(shape)
     if values.size != expected:
         raise ParseError(f"blob of shape {shape} holds {values.size} values, expected {expected}")
     return values.reshape(shape)
@@ -97,9 +110,3 @@ def to_float32_blob(blob: caffe_pb2.BlobProto) -> caffe_pb2.BlobProto:
     out.ParseFromString(dims + length_delimited(5, np.ascontiguousarray(values, dtype="<f4").tobytes()))
     return out
 
-
-def blob_nbytes(blob: caffe_pb2.BlobProto) -> int:
-    """Bytes the blob's values take as stored (float32 data, float64 or raw)."""
-    if blob.HasField("raw_data"):
-        return len(blob.raw_data)
-    return 8 * len(blob.double_data) + 4 * len(blob.data)

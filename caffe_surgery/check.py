@@ -9,16 +9,13 @@ with the caffemodel.
 from __future__ import annotations
 
 import os
-from collections import Counter
-
-import numpy as np
 
 from . import caffe_pb2
-from .blobs import blob_shape, is_legacy_shape
+from .blobs import is_legacy_shape
 from .errors import CaffeSurgeryError
-from .graph import TEST, BlobVersion, Layer, Net, layer_included
+from .graph import TEST, BlobVersion, Layer, Net, included_layers, net_state
 from .io import read_net_text
-from .model import StoredBlob, legacy_fits, read_stored_weights, stored_array
+from .model import StoredLayers, fit_blobs, legacy_fits, read_stored_weights, stored_array
 from .shapes import DataShapes, NetShapes, infer_shapes
 from .upgrade import upgrade_net
 
@@ -28,24 +25,17 @@ def _line(source: str | None, layer: str | None, problem: str) -> str:
 
 
 def _structure_problems(net: Net, source: str | None) -> list[str]:
-    """Duplicate layer names, bottoms nobody wrote before, blobs written twice but not in place."""
+    """Blobs written twice but not in place (duplicate names and missing bottoms never reach a built net:
+    ``build_net`` refuses them and ``_lenient_net`` reports and leaves them out)."""
     problems = []
-    counts = Counter(layer.name for layer in net.layers)
-    problems += [_line(source, name, f"layer name is used {count} times")
-                 for name, count in counts.items() if count > 1]
-    written: dict[BlobVersion, str] = {}
     latest: dict[str, BlobVersion] = {}
     for layer in net.layers:
-        for bottom in layer.bottoms:
-            if bottom not in written:
-                problems.append(_line(source, layer.name, f"bottom blob '{bottom.name}' is not produced by any earlier layer"))
         bottom_names = {b.name for b in layer.bottoms}
         for top in layer.tops:
             previous = latest.get(top.name)
             if previous is not None and top.name not in bottom_names:
                 problems.append(_line(source, layer.name, f"top blob '{top.name}' is already produced by layer "
                                                           f"'{previous.producer}' (only in-place layers may rewrite a blob)"))
-            written[top] = layer.name
             latest[top.name] = top
     return problems
 
@@ -67,7 +57,8 @@ def _weight_problems(net: Net, shapes: NetShapes, source: str | None) -> list[st
                                                       f"needs {len(expected)}{what}"))
         else:
             problems += [_line(source, layer.name, f"blob {index} has shape {tuple(blob.shape)}, the layer expects {want}")
-                         for index, (blob, want) in enumerate(zip(blobs, expected)) if tuple(blob.shape) != want]
+                         for index, (blob, want) in enumerate(zip(blobs, expected))
+                         if blob is not None and tuple(blob.shape) != want]
     return problems
 
 
@@ -92,13 +83,10 @@ def _lenient_net(net_param: caffe_pb2.NetParameter, phase: int, source: str, pro
     """Like ``build_net``, but a layer with a duplicate name or a missing bottom is reported and left out
     (and silently so are the layers reading only what it would have made); a blob written twice is kept
     as a rewrite, for ``check_model`` to report."""
-    state = caffe_pb2.NetState()
-    state.CopyFrom(net_param.state)
-    state.phase = phase
     header = caffe_pb2.NetParameter()
     header.CopyFrom(net_param)
     del header.layer[:]
-    params = [p for p in net_param.layer if layer_included(p, state)]
+    params = included_layers(net_param, net_state(net_param, phase), source)
     producers = {top: p.name for p in params for top in p.top}
     current: dict[str, BlobVersion] = {}
     dropped: set[str] = set()
@@ -130,20 +118,28 @@ def _lenient_net(net_param: caffe_pb2.NetParameter, phase: int, source: str, pro
     return Net(header, layers, source)
 
 
-def _attach_stored(net: Net, shapes: NetShapes, stored: dict[str, list[StoredBlob]],
+def _attach_stored(net: Net, shapes: NetShapes, stored: StoredLayers,
                    source: str, problems: list[str]) -> None:
-    """Give each layer its stored blobs as arrays; legacy 4-D dims that Caffe accepts take the expected shape."""
+    """Give each layer its last stored copy of blobs as arrays (every earlier copy must fit too, as in Caffe);
+    legacy 4-D dims that Caffe accepts take the expected shape."""
     for layer in net.layers:
         info = shapes.layers.get(layer.name)
         expected = info.param_shapes if info is not None and info.param_shapes is not None else []
+        copies = stored.get(layer.name, [[]])
+        for number, blobs in enumerate(copies[:-1], 1):
+            try:
+                fit_blobs(layer.name, info.param_shapes if info is not None else None, blobs, source)
+            except CaffeSurgeryError as exc:
+                problems.append(_line(source, layer.name, f"stored copy {number} of {len(copies)} "
+                                                          f"(Caffe copies each in turn): {exc.problem}"))
         arrays = []
-        for index, stored_blob in enumerate(stored.get(layer.name, [])):
-            blob = stored_blob[0] if isinstance(stored_blob, tuple) else stored_blob
+        for index, stored_blob in enumerate(copies[-1]):
             try:
                 blob, array = stored_array(stored_blob)
             except CaffeSurgeryError as exc:
                 problems.append(_line(source, layer.name, f"blob {index}: {exc.problem}"))
-                array = np.empty(blob_shape(blob) or (0,), dtype=np.float32)
+                arrays.append(None)
+                continue
             if (index < len(expected) and array.shape != expected[index] and is_legacy_shape(blob)
                     and legacy_fits(array.shape, expected[index])):
                 array = array.reshape(expected[index])
@@ -161,7 +157,10 @@ def check_files(prototxt: str | os.PathLike, weights: str | os.PathLike,
     except CaffeSurgeryError as exc:
         return [exc.with_file(net_source).one_line()]
     problems: list[str] = []
-    net = _lenient_net(net_param, phase, net_source, problems)
+    try:
+        net = _lenient_net(net_param, phase, net_source, problems)
+    except CaffeSurgeryError as exc:
+        return [exc.one_line()]
     errors: list[CaffeSurgeryError] = []
     shapes = infer_shapes(net, input_shapes, data_shapes=data_shapes, errors=errors)
     problems += _structure_problems(net, net_source)

@@ -100,6 +100,26 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got '{text}'")
+    return value
+
+
 def _ratio(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
@@ -145,11 +165,11 @@ def _data_arguments(parser):
                                                      "data layer with a transform_param), e.g. 0.00390625")
     parser.add_argument("--mean", type=lambda t: [float(v) for v in t.split(",")],
                         help="mean value(s) to subtract per channel, e.g. 104,117,123")
-    parser.add_argument("--skip", type=int, help="leave out the first N samples (before --limit)")
-    parser.add_argument("--limit", type=int, help="use only the first N samples")
-    parser.add_argument("--batch-size", type=int, help="samples per run (default: the data layer's, else 64)")
+    parser.add_argument("--skip", type=_non_negative, help="leave out the first N samples (before --limit)")
+    parser.add_argument("--limit", type=_positive, help="use only the first N samples")
+    parser.add_argument("--batch-size", type=_positive, help="samples per run (default: the data layer's, else 64)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime device")
-    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--threads", type=_positive, help="onnxruntime intra-op threads (default: all cores)")
     parser.add_argument("--backend", choices=("auto", "onnxruntime", "opencv"), default="auto",
                         help="what runs the net: onnxruntime, opencv (dnn, CPU) or auto (default: the faster of "
                              "the two on the first batch, when their results agree)")
@@ -321,8 +341,7 @@ def cmd_compare(args) -> int:
     against --atol/--rtol (exit 1 when one exceeds them)."""
     import numpy as np
 
-    from .compare import (check_output, compare, comparison_document, output_names, run_onnxruntime, run_opencv,
-                          shared_blobs)
+    from .compare import DifferenceSums, OutputTolerance, comparison_document, onnxruntime_runner, opencv_runner, output_names, shared_blobs
     from .dataflow import input_layer, open_source
     from .model import load_model
     from .report import format_differences, format_output_checks
@@ -336,26 +355,52 @@ def cmd_compare(args) -> int:
         raise CaffeSurgeryError(f"net B does not produce net A's output(s) {', '.join(missing)}", file=args.b_prototxt)
     top = input_layer(model_a.net).tops[0]
     count = args.limit or 1
+    chunk = min(count, COMPARE_BATCH)
+    _check_compare_memory(model_a, model_b, names, top, chunk)
     if args.data:
-        images, _ = next(iter(open_source(model_a.net, args.data).head(count).iter_batches(count)))
+        chunks = (images for images, _ in open_source(model_a.net, args.data).head(count).iter_batches(chunk))
     else:
-        images = np.random.default_rng(0).standard_normal((count,) + tuple(model_a.shapes.blob(top)[1:])).astype(np.float32)
+        rng = np.random.default_rng(0)
+        shape = tuple(model_a.shapes.blob(top)[1:])
+        chunks = (rng.standard_normal((min(chunk, count - start),) + shape).astype(np.float32)
+                  for start in range(0, count, chunk))
     options = {"device": args.device, "threads": args.threads}
-    values_a = run_onnxruntime(model_a.net, model_a.shapes, names, images, options)
-    if args.backend == "opencv":
-        values_b = run_opencv(model_b.net, args.b_prototxt, args.b_weights, names, images)
-    else:
-        values_b = run_onnxruntime(model_b.net, model_b.shapes, names, images, options)
-    differences = compare(values_a, values_b, names)
-    checks = [check_output(name, values_a[name], values_b[name], args.atol, args.rtol,
-                           model_a.net.producer(model_a.net.final(name)).type == "DetectionOutput", args.score_threshold)
-              for name in outputs]
+    run_a = onnxruntime_runner(model_a.net, model_a.shapes, names, options)
+    run_b = (opencv_runner(model_b.net, args.b_prototxt, args.b_weights, names) if args.backend == "opencv"
+             else onnxruntime_runner(model_b.net, model_b.shapes, names, options))
+    sums = {name: DifferenceSums() for name in names}
+    tolerances = {name: OutputTolerance(name, args.atol, args.rtol, model_a.net.producer(model_a.net.final(name)).type
+                                        == "DetectionOutput", args.score_threshold) for name in outputs}
+    for images in chunks:  # one batch of inputs and blob values at a time
+        values_a, values_b = run_a(images), run_b(images)
+        for name in names:
+            sums[name].add(values_a[name], values_b[name])
+        for name, tolerance in tolerances.items():
+            tolerance.add(values_a[name], values_b[name])
+    differences = [sums[name].result(name) for name in names]
+    checks = [tolerance.result() for tolerance in tolerances.values()]
     if args.json:
         print(json.dumps(comparison_document(differences, checks, args.atol, args.rtol), indent=1))
     else:
         print(format_differences(differences))
         print(format_output_checks(checks, args.atol, args.rtol))
     return 0 if all(check.passed for check in checks) else 1
+
+
+COMPARE_BATCH = 64
+"""Samples compared per run of both nets."""
+
+
+def _check_compare_memory(model_a, model_b, names, top, count: int) -> None:
+    """Refuse, before anything is allocated, a comparison whose inputs and blob values exceed the memory limit."""
+    from math import prod
+
+    from .limits import check_allocation
+
+    per_sample = prod(model_a.shapes.blob(top)[1:]) + sum(
+        prod(model.shapes.blob(model.net.final(name))[1:]) for model in (model_a, model_b) for name in names)
+    check_allocation(4 * count * per_sample, f"comparing a batch of {count} samples (inputs and every shared blob "
+                                             "of both nets)")
 
 
 def cmd_convert_data(args) -> int:
@@ -438,6 +483,9 @@ def _budget(args):
 
     if args.criterion and args.ratio is None and args.keep is None and args.maxout_k is None and args.tolerance is None:
         raise CaffeSurgeryError("say how much to remove: --ratio, --keep, --maxout-k, --tolerance or --budget")
+    if args.global_ranking and (args.keep is not None or args.layer_ratio):
+        raise CaffeSurgeryError("--global sets one threshold over all layers from --ratio; --keep and --layer-ratio "
+                                "set per-layer counts: use one or the other")
     return Budget(ratio=args.ratio, keep=args.keep, min_keep=args.min_keep, round_to=args.round_to,
                   overrides=dict(args.layer_ratio), global_ranking=args.global_ranking, maxout_k=args.maxout_k,
                   maxout_units=args.maxout_units)
@@ -872,6 +920,7 @@ def _verb(verbs, name, help_text, run):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_options(parser, default=argparse.SUPPRESS)
     parser.set_defaults(run=run)
+    _safety_arguments(parser, default=argparse.SUPPRESS)
     return parser
 
 
@@ -882,6 +931,56 @@ def _common_options(parser, default=None):
                         help="print errors only (no warnings, no progress, no results on stdout)")
     parser.add_argument("-v", "--verbose", action="store_true", default=default or False,
                         help="also print progress messages (e.g. training iterations)")
+
+
+def _size(text: str) -> int:
+    from .limits import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _safety_arguments(parser, default=None) -> None:
+    """--max-memory, --in-place, --proto: accepted before the verb and after it (``default=SUPPRESS`` there)."""
+    parser.add_argument("--max-memory", type=_size, metavar="SIZE", default=default,
+                        help="refuse inputs whose declared sizes need more than this (e.g. 8G; default: half the "
+                             "machine's memory)")
+    parser.add_argument("--in-place", action="store_true", default=default or False,
+                        help="allow an output to replace an input file (refused otherwise)")
+    parser.add_argument("--proto", metavar="FORK.proto", default=default,
+                        help="read and write texts with this fork's caffe.proto (its fields typed; needs grpcio-tools)")
+
+
+_INPUT_ARGUMENTS = ("prototxt", "weights", "a_prototxt", "a_weights", "b_prototxt", "b_weights", "input_prototxt",
+                    "plan", "stats", "parts", "solver", "spec", "data", "test_data", "calib_data", "train_val",
+                    "retrain", "sensitivity", "report", "document")
+_SPEC_ARGUMENTS = ("spec", "data", "test_data", "calib_data")
+_OUTPUT_ARGUMENTS = ("output", "output_prototxt", "output_weights")
+_PREFIX_SUFFIXES = (".prototxt", ".caffemodel", ".plan.json", ".report.json", ".train_val.prototxt", ".solver.prototxt",
+                    ".csv", ".json", ".png")
+
+
+def _paths_of(args, names) -> list[str]:
+    """The file paths the named arguments give (data specs ``kind:path[:path]`` give their paths)."""
+    paths = []
+    for name in names:
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if not isinstance(value, str):
+                continue
+            kind, sep, rest = value.partition(":")
+            spec = name in _SPEC_ARGUMENTS and sep
+            paths += [value] + (rest.split(":") + [rest] if spec else [])
+    return paths
+
+
+def _output_paths(args, command) -> list[str]:
+    outputs = _paths_of(args, _OUTPUT_ARGUMENTS)
+    if command in (cmd_prune, cmd_sparsify, cmd_fold_bn, cmd_importance, cmd_reshape, cmd_sensitivity):
+        outputs += [f"{args.output}{suffix}" for suffix in _PREFIX_SUFFIXES]
+    return outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -925,11 +1024,11 @@ def build_parser() -> argparse.ArgumentParser:
         compare.add_argument(name)
     compare.add_argument("--input", action="append", type=parse_input_shape, default=[], metavar="NAME=N,C,H,W")
     compare.add_argument("--data", metavar="SPEC", help=f"inputs from data: {SPEC_FORMS} (default: seeded random inputs)")
-    compare.add_argument("--limit", type=int, help="samples to compare (default 1)")
+    compare.add_argument("--limit", type=_positive, help="samples to compare (default 1)")
     compare.add_argument("--backend", choices=("onnxruntime", "opencv"), default="onnxruntime",
                          help="what runs net B (A always runs in onnxruntime)")
     compare.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    compare.add_argument("--threads", type=int)
+    compare.add_argument("--threads", type=_positive)
     compare.add_argument("--atol", type=float, default=ATOL,
                          help=f"absolute tolerance on A's outputs: |a-b| <= atol + rtol*|b| elementwise, else exit 1 "
                               f"(default {ATOL:g})")
@@ -942,7 +1041,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert = _verb(verbs, "convert-data", "write a Caffe LMDB of Datum records (keys %%08d)", cmd_convert_data)
     convert.add_argument("spec", help="idx:IMAGES:LABELS, list:FILE[:ROOT], npy:PATH or lmdb:PATH")
     convert.add_argument("-o", "--output", required=True, help="the LMDB folder to create")
-    convert.add_argument("--limit", type=int, help="convert only the first N samples")
+    convert.add_argument("--limit", type=_positive, help="convert only the first N samples")
     convert.add_argument("--force", action="store_true", help="replace an existing output")
 
     relevance = _verb(verbs, "relevance", "gather relevance statistics on data (or: relevance merge PARTS -o OUT)",
@@ -961,16 +1060,16 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--plan", help="apply this plan JSON")
     how.add_argument("--criterion", help="rank by this criterion (see the list below)")
     prune.add_argument("--ratio", type=_ratio, help="fraction to remove per group (or globally with --global)")
-    prune.add_argument("--keep", type=int, help="channels to keep per group")
+    prune.add_argument("--keep", type=_positive, help="channels to keep per group")
     prune.add_argument("--global", dest="global_ranking", action="store_true",
                        help="one threshold over scores normalised per layer")
-    prune.add_argument("--min-keep", type=int, default=1, help="never keep fewer channels per group (default 1)")
-    prune.add_argument("--round-to", type=int, default=1, help="round kept counts up to a multiple (e.g. 8)")
+    prune.add_argument("--min-keep", type=_positive, default=1, help="never keep fewer channels per group (default 1)")
+    prune.add_argument("--round-to", type=_positive, default=1, help="round kept counts up to a multiple (e.g. 8)")
     prune.add_argument("--layer-ratio", action="append", type=_override, default=[], metavar="LAYER=RATIO",
                        help="a different ratio for one producer layer (repeatable)")
     prune.add_argument("--layers", type=lambda t: t.split(","), help="only prune these producer layers")
     prune.add_argument("--protect", type=lambda t: t.split(","), default=[], help="never prune these layers")
-    prune.add_argument("--maxout-k", type=int, help="maxout: neurons kept per unit")
+    prune.add_argument("--maxout-k", type=_positive, help="maxout: neurons kept per unit")
     prune.add_argument("--maxout-units", action="store_true", help="maxout: drop whole units instead of neurons")
     prune.add_argument("--tolerance", type=float, metavar="T",
                        help="prune progressively until the --metric drops by more than T percentage points")
@@ -994,7 +1093,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "after pruning, or after each --tolerance round (needs the train extra)")
     prune.add_argument("--retrain-iter", type=int, help="iterations per retraining (default: the solver's max_iter)")
     prune.add_argument("--stats", help="statistics .npz from 'relevance' (instead of a data pass)")
-    prune.add_argument("--masks", type=int, default=100, help="random-masks: candidate masks to evaluate")
+    prune.add_argument("--masks", type=_positive, default=100, help="random-masks: candidate masks to evaluate")
     prune.add_argument("--seed", type=int, default=0, help="random-masks: random seed")
     prune.add_argument("--compensate", action="store_true",
                        help="fold removed inputs' mean values into the bias of the layers reading them")
@@ -1156,17 +1255,30 @@ def _main_merge(argv: list[str]) -> int:
     parser.add_argument("parts", nargs="+", help="the part_*.npz files")
     parser.add_argument("-o", "--output", required=True)
     _common_options(parser)
+    _safety_arguments(parser)
     args = parser.parse_args(argv)
     return run_command(cmd_relevance_merge, args, args.debug, args.quiet, args.verbose)
 
 
 def run_command(command, args, debug: bool, quiet: bool = False, verbose: bool = False) -> int:
-    """Run one verb: its exit code, 1 with a one-line error for bad input, 141 when stdout's reader left."""
+    """Run one verb: its exit code, 1 with a one-line error for bad input, 141 when stdout's reader left.
+
+    The memory limit applies for the run, and its input files are protected:
+    an output naming one is refused before any work (``--in-place`` allows it).
+    """
+    from . import guard, limits, schema
+
     logging.basicConfig(format="%(levelname)s: %(message)s" if verbose else "warning: %(message)s")
     package_log = logging.getLogger(__package__)
     previous_level = package_log.level
     package_log.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
+    limits.set_max_memory(getattr(args, "max_memory", None))
+    guard.protect(_paths_of(args, _INPUT_ARGUMENTS), in_place=getattr(args, "in_place", False))
     try:
+        for path in _output_paths(args, command):
+            guard.refuse_input(path)
+        if getattr(args, "proto", None):
+            schema.use(schema.compile_schema(args.proto))
         with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
             code = command(args)
         sys.stdout.flush()
@@ -1182,6 +1294,9 @@ def run_command(command, args, debug: bool, quiet: bool = False, verbose: bool =
         return 141
     finally:
         package_log.setLevel(previous_level)
+        guard.release()
+        limits.set_max_memory(None)
+        schema.use(None)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Both nets run on the same inputs; for every blob name they share (its final
 version) the table gives the max abs difference, the difference relative to
 max(1, max |A|), and the cosine similarity. The first blob, in A's layer
 order, whose relative difference exceeds the tolerance is the first
-divergence.
+divergence. The figures are summed batch by batch, so a long comparison holds
+one batch of values at a time.
 
 The outputs (A's deploy outputs that B also produces) are checked against
 tolerances the polygraphy way: every element within |a - b| <= atol + rtol * |b|
@@ -51,43 +52,75 @@ def shared_blobs(a: Net, b: Net) -> list[str]:
     return names
 
 
-def difference(name: str, x: np.ndarray, y: np.ndarray) -> BlobDifference:
-    """How far ``y`` is from ``x`` (None figures when the shapes differ)."""
-    if x.shape != y.shape:
-        return BlobDifference(name, x.shape, y.shape, None, None, None)
-    x64, y64 = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
-    max_abs = float(np.abs(x64 - y64).max()) if x64.size else 0.0
-    norm = np.linalg.norm(x64) * np.linalg.norm(y64)
-    cosine = float(x64 @ y64 / norm) if norm else (1.0 if max_abs == 0 else 0.0)
-    return BlobDifference(name, x.shape, y.shape, max_abs, max_abs / max(1.0, float(np.abs(x64).max(initial=0))), cosine)
+class DifferenceSums:
+    """Running figures of how far B's values of one blob are from A's, over batches (so a long comparison
+    holds one batch at a time): max |A-B|, max |A|, A.B, |A|^2, |B|^2."""
+
+    def __init__(self):
+        self.shape_a = self.shape_b = None
+        self.samples, self.max_abs, self.max_a, self.dot, self.norm_a, self.norm_b = 0, 0.0, 0.0, 0.0, 0.0, 0.0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Add one batch of A's and B's values (batch axis first)."""
+        self.shape_a, self.shape_b = x.shape[1:], y.shape[1:]
+        self.samples += len(x)
+        if x.shape != y.shape:
+            return
+        x64, y64 = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
+        if x64.size:
+            self.max_abs = max(self.max_abs, float(np.abs(x64 - y64).max()))
+            self.max_a = max(self.max_a, float(np.abs(x64).max()))
+        self.dot += float(x64 @ y64)
+        self.norm_a += float(x64 @ x64)
+        self.norm_b += float(y64 @ y64)
+
+    def result(self, name: str) -> BlobDifference:
+        shape_a, shape_b = (self.samples,) + tuple(self.shape_a), (self.samples,) + tuple(self.shape_b)
+        if shape_a != shape_b:
+            return BlobDifference(name, shape_a, shape_b, None, None, None)
+        norm = np.sqrt(self.norm_a) * np.sqrt(self.norm_b)
+        cosine = float(self.dot / norm) if norm else (1.0 if self.max_abs == 0 else 0.0)
+        return BlobDifference(name, shape_a, shape_b, self.max_abs, self.max_abs / max(1.0, self.max_a), cosine)
 
 
-def run_onnxruntime(net: Net, shapes, names: list[str], inputs: np.ndarray, runtime_options: dict) -> dict[str, np.ndarray]:
-    """Final versions of the named blobs, computed by onnxruntime."""
+def onnxruntime_runner(net: Net, shapes, names: list[str], runtime_options: dict):
+    """A function of inputs -> final versions of the named blobs, computed by onnxruntime (one session)."""
     from .runtime import Runtime
 
     taps = [net.final(name) for name in names]
-    outputs = Runtime(net, shapes, taps=taps, outputs=(), **runtime_options).run(inputs)
-    return {name: outputs[tap.key] for name, tap in zip(names, taps)}
+    runtime = Runtime(net, shapes, taps=taps, outputs=(), **runtime_options)
+
+    def run(inputs: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = runtime.run(inputs)
+        return {name: outputs[tap.key] for name, tap in zip(names, taps)}
+
+    return run
 
 
-def run_opencv(net: Net, prototxt: str, weights: str, names: list[str], inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """The named blobs as OpenCV's Caffe importer computes them (asked for by the layer that last wrote them);
-    a net OpenCV cannot run (a fork type it lacks, such as Upsample) is one line naming OpenCV's reason."""
+def opencv_runner(net: Net, prototxt: str, weights: str, names: list[str]):
+    """A function of inputs -> the named blobs as OpenCV's Caffe importer computes them (asked for by the
+    layer that last wrote them); a net OpenCV cannot run (a fork type it lacks, such as Upsample) is one
+    line naming OpenCV's reason."""
     import cv2
+
+    def refused(exc: Exception) -> CaffeSurgeryError:
+        reason = re.sub(r"^.*? error: \([^)]*\)\s*", "", str(exc).strip().splitlines()[0])
+        return CaffeSurgeryError(f"OpenCV cannot run this net: {reason}", file=str(prototxt))
 
     try:
         loaded = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
-        loaded.setInput(inputs)
-        return dict(zip(names, loaded.forward([net.final(name).producer for name in names])))
     except cv2.error as exc:
-        reason = re.sub(r"^.*? error: \([^)]*\)\s*", "", str(exc).strip().splitlines()[0])
-        raise CaffeSurgeryError(f"OpenCV cannot run this net: {reason}", file=str(prototxt)) from None
+        raise refused(exc) from None
+    producers = [net.final(name).producer for name in names]
 
+    def run(inputs: np.ndarray) -> dict[str, np.ndarray]:
+        try:
+            loaded.setInput(inputs)
+            return dict(zip(names, loaded.forward(producers)))
+        except cv2.error as exc:
+            raise refused(exc) from None
 
-def compare(a_values: dict[str, np.ndarray], b_values: dict[str, np.ndarray], names: list[str]) -> list[BlobDifference]:
-    """The per-blob differences, in order."""
-    return [difference(name, a_values[name], b_values[name]) for name in names]
+    return run
 
 
 @dataclass
@@ -101,30 +134,47 @@ class OutputCheck:
     agreement: dict
 
 
-def check_output(name: str, x: np.ndarray, y: np.ndarray, atol: float, rtol: float, detections: bool,
-                 score_threshold: float) -> OutputCheck:
-    """``y`` (net B) against ``x`` (net A): every element within atol + rtol * |y|; shapes must agree.
-    ``detections``: the output is a DetectionOutput top, compared as its detections sorted by image, label
-    and score (whatever the order and padding of the consumer); its agreement is the share of A's
-    detections scoring at least ``score_threshold`` that B reproduces."""
-    from .agreement import agreement, sorted_detections
+class OutputTolerance:
+    """Running check of one output of B against A's over batches: every element within atol + rtol * |b|
+    (shapes must agree), and its agreement figures. ``detections``: a DetectionOutput top, compared as its
+    detections sorted by image, label and score (whatever the order and padding of the consumer); its
+    agreement is the share of A's detections scoring at least ``score_threshold`` that B reproduces."""
 
-    if detections:
-        x, y = sorted_detections(x), sorted_detections(y)
-        figures = {"detections": agreement(x, y, "detections", score_threshold)}
-    elif x.shape == y.shape:
-        figures = {kind: agreement(x, y, kind) for kind in ("rel-error", "cosine")}
-    else:
-        figures = {}
-    if x.shape != y.shape:
-        return OutputCheck(name, None, None, False, figures)
-    a, b = x.astype(np.float64), y.astype(np.float64)
-    gap = np.abs(a - b)
-    if not gap.size:
-        return OutputCheck(name, 0.0, 0.0, True, figures)
-    relative = np.divide(gap, np.abs(b), out=np.where(gap > 0, np.inf, 0.0), where=np.abs(b) > 0)
-    passed = bool((gap <= atol + rtol * np.abs(b)).all())
-    return OutputCheck(name, float(gap.max()), float(relative.max()), passed, figures)
+    def __init__(self, name: str, atol: float, rtol: float, detections: bool, score_threshold: float):
+        from .agreement import AgreementTracker
+
+        self.name, self.atol, self.rtol, self.detections = name, atol, rtol, detections
+        kinds = ("detections",) if detections else ("rel-error", "cosine")
+        self.trackers = {kind: AgreementTracker(kind, score_threshold) for kind in kinds}
+        self.max_abs, self.max_rel, self.passed, self.shapes_agree = 0.0, 0.0, True, True
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Add one batch of A's (``x``) and B's (``y``) values."""
+        from .agreement import sorted_detections
+
+        if self.detections:
+            x, y = sorted_detections(x), sorted_detections(y)
+            self.trackers["detections"].update(x, y)
+        if x.shape != y.shape:
+            self.shapes_agree = self.passed = False
+            return
+        if not self.detections:
+            for tracker in self.trackers.values():
+                tracker.update(x, y)
+        a, b = x.astype(np.float64), y.astype(np.float64)
+        gap = np.abs(a - b)
+        if gap.size:
+            relative = np.divide(gap, np.abs(b), out=np.where(gap > 0, np.inf, 0.0), where=np.abs(b) > 0)
+            self.max_abs = max(self.max_abs, float(gap.max()))
+            self.max_rel = max(self.max_rel, float(relative.max()))
+            self.passed &= bool((gap <= self.atol + self.rtol * np.abs(b)).all())
+
+    def result(self) -> OutputCheck:
+        figures = {kind: tracker.value() for kind, tracker in self.trackers.items()
+                   if self.shapes_agree or kind == "detections"}
+        if not self.shapes_agree:
+            return OutputCheck(self.name, None, None, False, figures)
+        return OutputCheck(self.name, self.max_abs, self.max_rel, self.passed, figures)
 
 
 def output_names(a: Net) -> list[str]:

@@ -116,6 +116,8 @@ def evaluate(net: Net, shapes, batches, top_k=(1,), runtime_options: dict | None
             result.correct[k] += top_k_hits(scores, labels, k)
         if has_loss:
             result.loss_sum += softmax_loss(scores, labels)
+    if not result.samples:
+        raise CaffeSurgeryError("no samples to evaluate: an accuracy over nothing is not a figure")
     result.seconds = time.perf_counter() - started
     return result
 

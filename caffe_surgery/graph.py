@@ -206,30 +206,50 @@ def _wire_layers(params: Sequence[caffe_pb2.LayerParameter], source: str | None)
     return layers
 
 
-def build_net(net_param: caffe_pb2.NetParameter, phase: int = TEST, level: int = 0,
-              stages: Sequence[str] = (), source: str | None = None) -> Net:
-    """Build the IR for one phase of a current-format (upgraded) NetParameter.
-
-    Layers are filtered with Caffe's include/exclude rules for the given state;
-    the layer messages are copied, so the caller's message is never modified.
-    """
-    if len(net_param.layers):
-        raise GraphError("net is in the V1 format; upgrade it first", file=source)
+def net_state(net_param: caffe_pb2.NetParameter, phase: int, level: int = 0,
+              stages: Sequence[str] = ()) -> caffe_pb2.NetState:
+    """The state a net is filtered with, as Caffe builds it: the prototxt's own ``state`` with the caller's
+    phase and level, and the caller's stages appended to the prototxt's."""
     state = caffe_pb2.NetState()
     state.CopyFrom(net_param.state)
     state.phase = phase
     state.level = level
-    del state.stage[:]
     state.stage.extend(stages)
+    return state
+
+
+def included_layers(net_param: caffe_pb2.NetParameter, state: caffe_pb2.NetState,
+                    source: str | None = None) -> list[caffe_pb2.LayerParameter]:
+    """The layers the state includes; GraphError for a net without layers or with none in this state."""
+    if not len(net_param.layer):
+        raise GraphError("the net has no layers (an empty or comment-only prototxt?)", file=source)
+    params = [layer for layer in net_param.layer if layer_included(layer, state)]
+    if not params:
+        raise GraphError(f"none of the net's {len(net_param.layer)} layers is included in the "
+                         f"{caffe_pb2.Phase.Name(state.phase)} phase (stages {list(state.stage)}, level "
+                         f"{state.level}); e.g. a net of training-only layers", file=source)
+    return params
+
+
+def build_net(net_param: caffe_pb2.NetParameter, phase: int = TEST, level: int = 0,
+              stages: Sequence[str] = (), source: str | None = None) -> Net:
+    """Build the IR for one phase of a current-format (upgraded) NetParameter.
+
+    Layers are filtered with Caffe's include/exclude rules for the given state
+    (``net_state``); the layer messages are copied, so the caller's message is
+    never modified.
+    """
+    if len(net_param.layers):
+        raise GraphError("net is in the V1 format; upgrade it first", file=source)
+    state = net_state(net_param, phase, level, stages)
     header = caffe_pb2.NetParameter()
     header.CopyFrom(net_param)
     del header.layer[:]
     params = []
-    for layer in net_param.layer:
-        if layer_included(layer, state):
-            copy = caffe_pb2.LayerParameter()
-            copy.CopyFrom(layer)
-            params.append(copy)
+    for layer in included_layers(net_param, state, source):
+        copy = caffe_pb2.LayerParameter()
+        copy.CopyFrom(layer)
+        params.append(copy)
     return Net(header, _wire_layers(params, source), source)
 
 

@@ -88,8 +88,9 @@ def _solver_nets(solver: str | os.PathLike) -> tuple[caffe_pb2.SolverParameter, 
     return param, nets
 
 
-def _load(prototxt: Path, weights, phase: int) -> Model:
-    return load_model(prototxt, weights, phase=phase, data_shapes=item_shapes(prototxt))
+def _load(prototxt: Path, weights, phase: int, partial_weights: bool = False) -> Model:
+    return load_model(prototxt, weights, phase=phase, data_shapes=item_shapes(prototxt),
+                      partial_weights=partial_weights)
 
 
 def _solver_for(solver: caffe_pb2.SolverParameter, nets: dict[int, Path]) -> caffe_pb2.SolverParameter:
@@ -136,7 +137,7 @@ def importance_prune(solver: str | os.PathLike, weights: str | os.PathLike, outp
     marked = {phase: work / f"importance_{name}.prototxt" for phase, name in PHASES.items()}
     for phase, path in marked.items():
         write_text(path, with_importance(nets[phase], chosen))
-    start = _load(marked[TRAIN], weights, TRAIN)
+    start = _load(marked[TRAIN], weights, TRAIN, partial_weights=True)  # the importance weights start here
     for name in chosen:
         start.net.layer(name + SUFFIX).blobs = [importance_init(start.net.layer(name).blobs[0], init, rng)]
     save_caffemodel(start.net, work / "importance_start.caffemodel")

@@ -5,6 +5,8 @@ atomic (a temporary file beside the target, then a rename), so a failed write
 leaves nothing behind and never touches an input.
 """
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,26 +14,29 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import message, text_format
 
-from . import caffe_pb2, textproto
+from . import caffe_pb2, guard, limits, schema, textproto
 from .blobs import blob_to_array
 from .errors import ParseError
 from .wire import FIXED32, FIXED64, LENGTH, VARINT, encode_varint
 
 
-def _read_bytes(path: str | os.PathLike) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ParseError(f"cannot read file: {exc.strerror}", file=str(path)) from exc
+PROTOBUF_LIMIT = 2**31 - 1
+"""The most bytes Caffe's protobuf reader accepts in one message (caffemodel, binaryproto)."""
+
+
+def _read_bytes(path: str | os.PathLike, what: str = "file") -> bytes:
+    return limits.read_file(path, what, limit=PROTOBUF_LIMIT)
 
 
 def _parse_text(path, proto):
-    text = _read_bytes(path).decode("utf-8", errors="replace")
+    text = _read_bytes(path, "text prototxt").decode("utf-8", errors="replace")
+    fork = schema.active()
+    target = fork.message_class(proto.DESCRIPTOR.full_name)() if fork else proto
     try:
-        textproto.parse(text, proto)
+        textproto.parse(text, target)
     except text_format.ParseError as exc:
         raise ParseError(f"syntax error: {exc}", file=str(path)) from exc
-    return proto
+    return fork.from_fork(target, proto) if fork else proto
 
 
 def read_net_text(path: str | os.PathLike) -> caffe_pb2.NetParameter:
@@ -45,7 +50,7 @@ def read_solver(path: str | os.PathLike) -> caffe_pb2.SolverParameter:
 
 
 def _parse_binary(path, proto, what: str):
-    data = _read_bytes(path)
+    data = _read_bytes(path, what)
     try:
         proto.ParseFromString(data)
     except message.DecodeError as exc:
@@ -148,7 +153,7 @@ def _read_blob(wire: _Wire, end: int) -> tuple[caffe_pb2.BlobProto, np.ndarray |
             if kind != LENGTH:
                 raise _NotPlain
             length = wire.varint()
-            if length % 4:
+            if length % 4 or length > wire.size - wire.pos:
                 raise _NotPlain
             chunk = np.empty(length // 4, dtype="<f4")
             wire.fill(chunk)
@@ -200,8 +205,9 @@ def read_weight_layers(path: str | os.PathLike):
     unpacked values, anything malformed): read it with ``read_weights``,
     which also gives the precise error.
     """
+    size = limits.regular_file_size(path, "caffemodel")
+    limits.check_allocation(size, "the caffemodel's values", file=str(path))
     try:
-        size = os.path.getsize(path)
         handle = open(path, "rb")
     except OSError as exc:
         raise ParseError(f"cannot read file: {exc.strerror}", file=str(path)) from exc
@@ -235,16 +241,58 @@ def read_mean(path: str | os.PathLike) -> np.ndarray:
         raise exc.with_file(str(path))
     if mean.ndim == 4 and mean.shape[0] == 1:
         mean = mean[0]
-    if mean.ndim != 3:
+    if mean.ndim != 3 or mean.size == 0:
         raise ParseError(f"mean blob has shape {mean.shape}, expected (1, C, H, W) or (C, H, W)", file=str(path))
     return mean
 
 
+TEMP_MARK = ".caffe-surgery-tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[^.]+" + re.escape(TEMP_MARK) + "$")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of our own naming left in ``folder`` by writers that died; return them."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or entry.is_symlink() or _process_alive(int(match["pid"])):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+        removed.append(Path(entry.path))
+    return removed
+
+
 def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
-    """Write the chunks to ``path`` through a temporary file and a rename."""
+    """Write the chunks to ``path`` through a temporary file, fsync and a rename.
+
+    A kill at any moment leaves the old file or the complete new one; the
+    temporary file (``.NAME.PID.XXXX.caffe-surgery-tmp``) of a killed writer
+    is removed by the next write into the same folder. An input of the
+    running command is never replaced (``guard``).
+    """
     target = Path(path)
+    guard.refuse_input(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    remove_stale_temporaries(target.parent)
+    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.",
+                                         suffix=TEMP_MARK)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temp_name, 0o666 & ~umask)
@@ -252,15 +300,33 @@ def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
         with os.fdopen(handle, "wb") as out:
             for chunk in chunks:
                 out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+    _sync_folder(target.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename durable (where the platform lets a folder be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def write_text(path: str | os.PathLike, proto: message.Message) -> None:
     """Write a message as a text prototxt, atomically."""
-    atomic_write(path, [textproto.to_text(proto).encode("utf-8")])
+    fork = schema.active()
+    atomic_write(path, [textproto.to_text(fork.to_fork(proto) if fork else proto).encode("utf-8")])
 
 
 def write_binary(path: str | os.PathLike, proto: message.Message) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import layers
+from . import layers, limits
 from .errors import PlanError
 from .graph import Net
 from .groups import Group, Groups
@@ -51,18 +51,24 @@ class Plan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
         """Read a plan file; PlanError naming the file when it is not a version-1 plan."""
+        text = limits.read_file(path, "plan", error=PlanError)
         try:
-            document = json.loads(open(path, encoding="utf-8").read())
-        except (OSError, ValueError) as exc:
-            raise PlanError(f"cannot read plan: {exc}", file=str(path)) from exc
+            document = json.loads(text.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            raise PlanError(f"cannot read plan: not JSON ({exc})", file=str(path)) from None
         if not isinstance(document, dict) or document.get("version") != PLAN_VERSION:
             raise PlanError(f"not a plan of version {PLAN_VERSION}", file=str(path))
         keep = document.pop("keep", None)
         document.pop("version")
         if not isinstance(keep, dict) or not all(
-                isinstance(v, list) and all(isinstance(i, int) for i in v) for v in keep.values()):
+                isinstance(v, list) and all(_is_index(i) for i in v) for v in keep.values()):
             raise PlanError('"keep" must map layer names to lists of integer indices', file=str(path))
         return cls(keep=keep, about=document)
+
+
+def _is_index(value) -> bool:
+    """An integer that is not a boolean (JSON ``true`` is not an index)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_maxout(group: Group, kept: np.ndarray, layer: str) -> None:
@@ -93,12 +99,13 @@ def resolve_plan(plan: Plan, net: Net, groups: Groups, source: str | None = None
                             f"(only {producers} do)", file=source, layer=layer_name)
         if group.pinned:
             raise PlanError(f"its channels cannot be pruned: {'; '.join(group.pinned)}", file=source, layer=layer_name)
-        kept = np.array(sorted(indices), dtype=np.int64)
-        if kept.size == 0:
+        if not indices:
             raise PlanError("plan keeps no channel (a layer is never emptied)", file=source, layer=layer_name)
-        if kept[0] < 0 or kept[-1] >= group.size:
-            raise PlanError(f"index {kept[0] if kept[0] < 0 else kept[-1]} is out of range for {group.size} channels",
+        outside = [i for i in indices if not 0 <= i < group.size]
+        if outside:
+            raise PlanError(f"index {outside[0]} is out of range for {group.size} channels",
                             file=source, layer=layer_name)
+        kept = np.array(sorted(indices), dtype=np.int64)
         if np.unique(kept).size != kept.size:
             raise PlanError("plan lists an index twice", file=source, layer=layer_name)
         try:

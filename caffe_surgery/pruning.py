@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -90,12 +90,11 @@ def score(model: Model, groups: Groups, group_list: list[Group], criterion: Crit
 
 @dataclass
 class Pruned:
-    """The result of pruning: the smaller net, its shapes, the plan applied and the merges folded in."""
+    """The result of pruning: the smaller net, its shapes and the plan applied."""
 
     net: Net
     shapes: NetShapes
     plan: Plan
-    notes: list[str] = field(default_factory=list)
 
 
 def plan_by_similarity(model: Model, groups: Groups, group_list: list[Group], budget: Budget) -> tuple[Plan, Net, list[str]]:

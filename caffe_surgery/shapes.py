@@ -95,6 +95,10 @@ def _infer_layer(layer: Layer, bottoms: list[Shape], overrides: dict[str, Shape]
         param_shapes, params, macs = result.params, sum(prod(s) for s in result.params), result.macs
     if len(tops) != len(layer.tops):
         raise ShapeError(f"{len(tops)} top shapes for {len(layer.tops)} tops")
+    for top, shape in zip(layer.tops, tops):
+        if any(d < 1 for d in shape):
+            raise ShapeError(f"top blob '{top.name}' would have shape {tuple(shape)}: every dimension must be "
+                             "at least 1")
     return LayerShapes(tops, param_shapes, params, macs)
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+import zipfile
+import zlib
 from io import BytesIO
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import limits
 from .errors import CaffeSurgeryError
 from .export.summaries import KINDS, summary_name
 from .graph import BlobVersion, Net
@@ -241,25 +244,37 @@ class Statistics:
             for key, c in self.channels.items():
                 c.count = int(arrays[f"channel/{key}/count"])
                 c.total, c.squares, c.zeros = (arrays[f"channel/{key}/{n}"] for n in ("total", "squares", "zeros"))
+                if not c.total.shape == c.squares.shape == c.zeros.shape == (c.channels,):
+                    raise CaffeSurgeryError(f"statistics of {key} are not for {c.channels} channels: gathered "
+                                            "for another net", file=source)
             for gid, w in self.wins.items():
                 w.samples = int(arrays[f"wins/{gid}/samples"])
                 w.sole, w.shared = arrays[f"wins/{gid}/sole"], arrays[f"wins/{gid}/shared"]
+                if w.sole.shape != (w.units, w.k) or w.shared.shape != (max(w.k - 2, 0), w.units, w.k):
+                    raise CaffeSurgeryError(f"win counts of group {gid} are not for {w.units} units of {w.k}: "
+                                            "gathered for another net", file=source)
         except KeyError as exc:
             raise CaffeSurgeryError(f"statistics file lacks {exc.args[0]}: gathered for another net or criterion",
                                     file=source) from None
+        except (TypeError, ValueError) as exc:
+            raise CaffeSurgeryError(f"statistics file holds a malformed count: {exc}", file=source) from None
+
+
+def load_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a statistics .npz (no pickled objects); CaffeSurgeryError for a truncated or foreign file."""
+    limits.regular_file_size(path, "statistics file", CaffeSurgeryError)
+    try:
+        with np.load(path, allow_pickle=False) as part:
+            if not isinstance(part, np.lib.npyio.NpzFile):
+                raise ValueError("an .npy array, not an .npz archive")
+            return {key: part[key] for key in part.files}
+    except (OSError, ValueError, EOFError, KeyError, MemoryError, zipfile.BadZipFile, zlib.error) as exc:
+        raise CaffeSurgeryError(f"not a statistics file (truncated or corrupt: {exc})", file=str(path)) from None
 
 
 def merge_files(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
     """Add statistics files of shards of one pass; their descriptions (about/*) must agree."""
-    return merge_arrays((str(path), _load_statistics(path)) for path in paths)
-
-
-def _load_statistics(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path) as part:
-            return {key: part[key] for key in part.files}
-    except (OSError, ValueError) as exc:
-        raise CaffeSurgeryError(f"not a statistics file: {exc}", file=str(path)) from exc
+    return merge_arrays((str(path), load_file(path)) for path in paths)
 
 
 def merge_arrays(parts: Iterable[tuple[str, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
@@ -274,6 +289,9 @@ def merge_arrays(parts: Iterable[tuple[str, dict[str, np.ndarray]]]) -> dict[str
                 if key in merged and not np.array_equal(merged[key], value) and key != "about/shard":
                     raise CaffeSurgeryError(f"{key[6:]} differs from the first file's", file=name)
                 merged[key] = value
+            elif key in merged and merged[key].shape != value.shape:
+                raise CaffeSurgeryError(f"{key} has shape {value.shape}, the first file's {merged[key].shape}",
+                                        file=name)
             else:
                 merged[key] = merged[key] + value if key in merged else value
     merged.pop("about/shard", None)

@@ -177,9 +177,8 @@ def test_check_model_on_a_built_net():
         layer.blobs = [np.ones(shape, np.float32) for shape in shapes.layer(layer.name).param_shapes]
     assert check_model(net, shapes) == []
     net.layer("dw").blobs[0] = np.ones((4, 4, 3, 3), np.float32)
-    net.layers.append(net.layers[1])  # a second layer named "conv", writing "conv" again
+    net.layers.append(net.layers[1])  # writing "conv" again, not in place
     assert check_model(net, None, weights_source="small.caffemodel") == [
-        "small.prototxt: conv: layer name is used 2 times",
         "small.prototxt: conv: top blob 'conv' is already produced by layer 'scale' (only in-place layers may rewrite a blob)",
         "small.caffemodel: dw: blob 0 has shape (4, 4, 3, 3), the layer expects (4, 1, 3, 3)",
     ]

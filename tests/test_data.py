@@ -13,10 +13,11 @@ import pytest
 from caffe_surgery import caffe_pb2
 from caffe_surgery.data import (
     ArraySource, ImageListSource, LmdbSource, Transformer, array_to_datum, convert_data,
-    convert_to_lmdb, datum_to_array, idx_source, layer_batch_size, load_mean_file,
+    convert_to_lmdb, datum_to_array, idx_source, layer_batch_size,
     numpy_source, parse_data_spec, prefetch, read_idx, source_from_layer,
 )
 from caffe_surgery.errors import DataError
+from caffe_surgery.io import read_mean
 from caffe_surgery.progress import progress
 
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -206,7 +207,7 @@ def test_mean_file_binaryproto_cropped_like_the_image(tmp_path, legacy):
     rng = np.random.default_rng(3)
     mean = rng.uniform(0, 255, size=(2, 5, 5)).astype(np.float32)
     write_mean(tmp_path / "mean.binaryproto", mean, legacy)
-    np.testing.assert_array_equal(load_mean_file(str(tmp_path / "mean.binaryproto")), mean)
+    np.testing.assert_array_equal(read_mean(str(tmp_path / "mean.binaryproto")), mean)
     param = transform_param(mean_file="mean.binaryproto", crop_size=3, scale=0.25)
     transformer = Transformer(param, base_dir=str(tmp_path))
     batch = rng.integers(0, 256, size=(3, 2, 5, 5), dtype=np.uint8)
@@ -349,8 +350,8 @@ def test_leveldb_is_rejected(tmp_path):
     ("idx:", "bad data spec 'idx:'"),
     ("hdf5:x.h5", "unknown kind 'hdf5'"),
     ("lmdb:/no/such/db", "/no/such/db: no such LMDB"),
-    ("idx:/no/such/file", "/no/such/file: cannot read IDX file"),
-    ("npy:/no/such.npy", "/no/such.npy: cannot load numpy file"),
+    ("idx:/no/such/file", "/no/such/file: cannot read file"),
+    ("npy:/no/such.npy", "/no/such.npy: cannot read file"),
 ])
 def test_bad_specs(spec, message):
     with pytest.raises(DataError, match=message):

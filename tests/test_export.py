@@ -10,7 +10,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
-from google.protobuf.unknown_fields import UnknownFieldSet
 
 from caffe_surgery import caffe_pb2, layers
 from caffe_surgery.errors import UnsupportedLayerError
@@ -20,6 +19,7 @@ from caffe_surgery.layers.yolo import reorg_stride
 from caffe_surgery.model import load_model
 from caffe_surgery.onnx_export import export_onnx, graph_outputs, save_onnx, supported_types, tensor_names
 from caffe_surgery.shapes import infer_shapes
+from caffe_surgery.textproto import preserved_texts
 from conftest import REAL_MODELS
 from netgen import CORPUS, generate, parse
 from opencv_layers import fork_layers
@@ -393,7 +393,7 @@ def ref_reorg(layer, x):
 
 def ref_proposal(layer, scores, deltas, im_info):
     """py-faster-rcnn's proposal_layer.py forward (one image), step by step."""
-    text = "".join(f.data.decode() for f in UnknownFieldSet(layer.param))
+    text = "".join(preserved_texts(layer.param))
     values = lambda key: [float(v) for v in re.findall(rf"\b{key}\s*:\s*([-+.\deE]+)", text)]
     first = lambda key, default: (values(key) or [default])[0]
     ratios, scales = values("ratio") or [0.5, 1, 2], values("scale") or [8, 16, 32]

@@ -6,7 +6,10 @@ import pytest
 from google.protobuf import text_format
 
 from caffe_surgery import caffe_pb2
+from caffe_surgery.data import parse_data_spec
+from caffe_surgery.evaluate import evaluate
 from caffe_surgery.io import read_net_text
+from caffe_surgery.model import load_model
 from caffe_surgery.reproduce import lenet_maxout_text, reproduce_lenet
 from conftest import FASHION_MNIST, REFERENCE
 
@@ -51,7 +54,12 @@ def test_reduced_reproduction_keeps_the_pipeline_invariants(tmp_path):
     assert stages["k1_sparse"]["nonzero"] <= 80_534 - int(0.75 * weights) + 1
     assert stages["k1_conv"]["params"] <= stages["k1"]["params"]
     assert all(s["opencv_agrees"] for s in document["stages"]), "every deploy pair loads in OpenCV and agrees"
-    assert all(0.0 <= s["accuracy"] <= 1.0 for s in document["stages"])
+    test = parse_data_spec(spec.format(FASHION_MNIST, "t10k"),
+                           caffe_pb2.TransformationParameter(scale=0.00392156862745)).head(100)
+    for stage in document["stages"]:  # each reported accuracy is its deploy pair's on the 100 test images
+        model = load_model(stage["deploy_prototxt"], stage["deploy_caffemodel"], input_shapes={"images": (50, 1, 28, 28)})
+        again = evaluate(model.net, model.shapes, test.iter_batches(50), (1,), {"device": "cpu"})
+        assert again.samples == 100 and again.accuracy(1) == pytest.approx(stage["accuracy"], abs=1e-9), stage["name"]
     steps = document["conv_pruning_steps"]
     assert steps[0]["accepted"] and len(steps) >= 2
     assert all(s["accepted"] for s in steps[:-1]), "pruning stops at the first step beyond the tolerance"

@@ -23,7 +23,8 @@ def _reference(path):
         stored = weights_by_layer(upgrade_net(read_weights(path)), str(path))
     except CaffeSurgeryError as exc:
         return ("error", str(exc))
-    return {name: [(blob_to_array(b), is_legacy_shape(b), blob_shape(b)) for b in blobs] for name, blobs in stored.items()}
+    return {name: [(blob_to_array(b), is_legacy_shape(b), blob_shape(b)) for blobs in copies for b in blobs]
+            for name, copies in stored.items() if any(copies)}
 
 
 def _streamed(path):
@@ -32,8 +33,8 @@ def _streamed(path):
     except CaffeSurgeryError as exc:
         return ("error", str(exc))
     out = {}
-    for name, blobs in stored.items():
-        pairs = [b if isinstance(b, tuple) else (b, None) for b in blobs]
+    for name, copies in ((n, c) for n, c in stored.items() if any(c)):
+        pairs = [b if isinstance(b, tuple) else (b, None) for blobs in copies for b in blobs]
         out[name] = [(blob_to_array(b, d), is_legacy_shape(b), blob_shape(b)) for b, d in pairs]
     return out
 

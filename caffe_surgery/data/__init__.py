@@ -12,11 +12,11 @@ from caffe_surgery.data.image_list import ImageListSource, read_image_list
 from caffe_surgery.data.lmdb_source import LmdbSource
 from caffe_surgery.data.prefetch import prefetch
 from caffe_surgery.data.spec import layer_batch_size, parse_data_spec, source_from_layer
-from caffe_surgery.data.transform import Transformer, load_mean_file
+from caffe_surgery.data.transform import Transformer
 
 __all__ = [
     "ArraySource", "ImageListSource", "LmdbSource", "Source", "Transformer",
     "array_to_datum", "convert_data", "csv_source", "convert_to_lmdb", "datum_to_array", "decode_image",
-    "idx_source", "layer_batch_size", "load_mean_file", "numpy_source", "parse_data_spec",
+    "idx_source", "layer_batch_size", "numpy_source", "parse_data_spec",
     "prefetch", "read_idx", "read_image_list", "source_from_layer",
 ]

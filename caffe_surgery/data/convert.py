@@ -7,11 +7,13 @@ import tempfile
 import lmdb
 import numpy as np
 
+from caffe_surgery import guard
 from caffe_surgery.data.base import Source
 from caffe_surgery.data.datum import array_to_datum
 from caffe_surgery.data.prefetch import prefetch
 from caffe_surgery.data.spec import parse_data_spec
 from caffe_surgery.errors import DataError
+from caffe_surgery.io import TEMP_MARK, remove_stale_temporaries
 from caffe_surgery.progress import progress
 
 RECORDS_PER_TXN = 1000  # as Caffe's convert tools commit
@@ -25,12 +27,14 @@ def convert_to_lmdb(source: Source, out_path: str, *, limit: int | None = None,
     The LMDB is built in a temporary directory beside ``out_path`` and renamed into
     place, so a failure leaves nothing behind. Returns the number of records written.
     """
+    guard.refuse_input(out_path)
     if os.path.lexists(out_path) and not overwrite:
         raise DataError("output exists; pass --force (overwrite=True) to replace it", file=out_path)
     parent = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(parent, exist_ok=True)
     count = len(source) if limit is None else max(0, min(limit, len(source)))
-    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.", dir=parent)
+    remove_stale_temporaries(parent)
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.{os.getpid()}.", suffix=TEMP_MARK, dir=parent)
     try:
         written = _write(source, count, work)
         os.chmod(work, 0o755)

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
+from caffe_surgery import limits
 from caffe_surgery.data.base import Batch, Source
 from caffe_surgery.data.datum import hwc_to_chw
 from caffe_surgery.data.paths import resolve_path
@@ -15,10 +16,9 @@ from caffe_surgery.errors import DataError
 def read_image_list(list_file: str) -> list[tuple[str, int]]:
     """Parse a list file; the label follows the last space of each non-blank line."""
     try:
-        with open(list_file, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        raise DataError(f"cannot read image list: {exc.strerror}", file=list_file) from None
+        lines = limits.read_file(list_file, "image list", error=DataError).decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"image list is not UTF-8 text: {exc}", file=list_file) from None
     entries = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

@@ -5,30 +5,7 @@ import numpy as np
 from caffe_surgery import caffe_pb2
 from caffe_surgery.data.paths import resolve_path
 from caffe_surgery.errors import DataError
-
-
-def load_mean_file(path: str) -> np.ndarray:
-    """Read a ``.binaryproto`` mean image (BlobProto) as a float32 C×H×W array."""
-    blob = caffe_pb2.BlobProto()
-    try:
-        with open(path, "rb") as f:
-            blob.ParseFromString(f.read())
-    except OSError as exc:
-        raise DataError(f"cannot read mean file: {exc.strerror}", file=path) from None
-    except Exception as exc:  # protobuf's DecodeError
-        raise DataError(f"not a BlobProto: {exc}", file=path) from None
-    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
-        shape = [blob.num, blob.channels, blob.height, blob.width]
-    else:
-        shape = list(blob.shape.dim)
-    values = np.asarray(blob.data if len(blob.data) else blob.double_data, dtype=np.float32)
-    if values.size != int(np.prod(shape)) or values.size == 0:
-        raise DataError(f"mean blob holds {values.size} values for shape {shape}", file=path)
-    if len(shape) == 4 and shape[0] == 1:
-        shape = shape[1:]
-    if len(shape) != 3:
-        raise DataError(f"mean blob must be 1xCxHxW or CxHxW, got shape {shape}", file=path)
-    return values.reshape(shape)
+from caffe_surgery.io import read_mean
 
 
 class Transformer:
@@ -47,7 +24,7 @@ class Transformer:
         self.force_gray = param.force_gray
         self.mean_file = resolve_path(param.mean_file, base_dir) if param.mean_file else None
         if self.mean_file:
-            self.mean = load_mean_file(self.mean_file)
+            self.mean = read_mean(self.mean_file)
         elif len(param.mean_value):
             self.mean = np.asarray(param.mean_value, dtype=np.float32)
         else:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import re
 
-from google.protobuf.unknown_fields import UnknownFieldSet
-
-from ..textproto import PRESERVED_FIELD
+from ..textproto import preserved_texts
 from .shape_rules import fail
 
 _ENTRY = re.compile(r'(\w+)\s*:\s*("(?:[^"\\]|\\.)*"|[^\s{}#]+)')
@@ -72,17 +70,12 @@ def _convert(key: str, raw: str, kind):
         fail(f"fork parameter {key}: cannot read {raw!r} as {kind.__name__}")
 
 
-def _kept_texts(message) -> list[str]:
-    return [f.data.decode("utf-8") for f in UnknownFieldSet(message)
-            if f.field_number == PRESERVED_FIELD and f.wire_type == 2]
-
-
 def fork_param(message, block: str | None = None, defaults: dict | None = None) -> ForkParam:
     """The entries of fork block ``block`` (e.g. ``"reorg_param"``) kept on ``message``, or with no
     block the fork entries kept directly on ``message`` (e.g. ``width`` inside ``prior_box_param``);
     ``defaults``: the fork's fields and defaults (an unknown field is then an error)."""
     entries: list[tuple[str, str]] = []
-    for text in _kept_texts(message):
+    for text in preserved_texts(message):
         if block is None:
             entries += _ENTRY.findall(text)
             continue

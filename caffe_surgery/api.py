@@ -18,20 +18,19 @@ import os
 from pathlib import Path
 
 from . import caffe_pb2
-from .model import Model, load_model
+from .model import Model
 
 
 def load(prototxt: str | os.PathLike, weights: str | os.PathLike | None = None, *,
          input_shapes: dict[str, tuple[int, ...]] | None = None, phase: str = "TEST") -> Model:
     """Read a prototxt (current, V1 or V0) and optionally its caffemodel into a checked ``Model``
     (``samples/...`` paths fall back to the samples shipped in the package)."""
-    from .dataflow import item_shapes
+    from .pipeline import NetRequest, load as load_request
     from .resources import input_path
 
-    prototxt = input_path(str(prototxt))
-    weights = None if weights is None else input_path(str(weights))
-    return load_model(prototxt, weights, phase=caffe_pb2.Phase.Value(phase.upper()), input_shapes=input_shapes,
-                      data_shapes=item_shapes(prototxt))
+    request = NetRequest(input_path(str(prototxt)), None if weights is None else input_path(str(weights)),
+                         input=list((input_shapes or {}).items()), phase=caffe_pb2.Phase.Value(phase.upper()))
+    return load_request(request)[0]
 
 
 def channel_groups(model: Model):
@@ -69,27 +68,18 @@ def open_data(model: Model, spec: str | None = None, *, scale: float | None = No
     """A data source (``lmdb:``, ``list:``, ``idx:``, ``npy:``, ``csv:`` spec; None: the net's data layer),
     transformed by ``scale``/``mean`` or else by the net's own transform_param."""
     from .dataflow import open_source
+    from .pipeline import transform_parameter
 
-    transform = None
-    if scale is not None or mean is not None:
-        transform = caffe_pb2.TransformationParameter(mean_value=mean or [])
-        if scale is not None:
-            transform.scale = scale
-    source = open_source(model.net, spec, transform)
+    source = open_source(model.net, spec, transform_parameter(scale, mean))
     return source.head(limit) if limit is not None else source
-
-
-def _batches(model: Model, data, batch_size: int | None, desc: str):
-    from .dataflow import batch_size_for, batches
-
-    return batches(data, batch_size_for(model.net, batch_size), desc)
 
 
 def accuracy(model: Model, data, *, top_k=(1,), batch_size: int | None = None, device: str = "auto"):
     """Top-k accuracy (and loss) of the model on a data source (``Evaluation``)."""
     from .evaluate import evaluate as run_evaluation
+    from .pipeline import data_batches
 
-    return run_evaluation(model.net, model.shapes, _batches(model, data, batch_size, "eval"), top_k,
+    return run_evaluation(model.net, model.shapes, data_batches(model, data, batch_size, "eval"), top_k,
                           {"device": device})
 
 
@@ -97,12 +87,13 @@ def gather_statistics(model: Model, criterion: str, data, *, layers: list[str] |
                       batch_size: int | None = None, device: str = "auto"):
     """Stream the data through the model and gather what a data-driven criterion needs (``Statistics``)."""
     from .criteria import get_criterion
+    from .pipeline import data_batches
     from .pruning import chosen_groups, gather, statistics_plan
 
     rule, net_groups = get_criterion(criterion), channel_groups(model)
     group_list = chosen_groups(net_groups, layers, maxout_only=rule.name == "maxout-wins")
     stats = statistics_plan(model, net_groups, group_list, rule)
-    return gather(model, stats, net_groups, _batches(model, data, batch_size, f"relevance ({rule.name})"),
+    return gather(model, stats, net_groups, data_batches(model, data, batch_size, f"relevance ({rule.name})"),
                   {"device": device})
 
 
@@ -138,9 +129,6 @@ def prune(model: Model, plan) -> Model:
 
 def save_pair(model: Model, prefix: str | os.PathLike, *, precision: str = "fp32") -> tuple[Path, Path]:
     """Write ``PREFIX.prototxt`` and ``PREFIX.caffemodel`` (float32, or fp16 as OpenCV's shrinkCaffeModel)."""
-    from .save import save_caffemodel, save_prototxt
+    from .save import save_pair as save
 
-    paths = Path(f"{prefix}.prototxt"), Path(f"{prefix}.caffemodel")
-    save_prototxt(model.net, paths[0])
-    save_caffemodel(model.net, paths[1], precision=precision)
-    return paths
+    return save(model.net, prefix, precision)

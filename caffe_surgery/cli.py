@@ -17,6 +17,7 @@ from .compare import ATOL, RTOL
 from .criteria import CRITERIA
 from .data.spec import SPEC_FORMS
 from .errors import CaffeSurgeryError
+from .pipeline import DEFAULT_RATIOS, NetRequest, load
 from .report import format_written
 from .resources import input_path
 
@@ -59,9 +60,6 @@ EXAMPLES = {
               "caffe-surgery prune net.prototxt -w w.caffemodel --plan plan.json -o out/net_small",
               "caffe-surgery prune net.prototxt -w w.caffemodel --criterion maxout-wins --maxout-k 3 --data lmdb:db -o small"],
 }
-
-
-PROFILE_RUNS = 20  # timed runs behind prune --profile's latencies
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -127,9 +125,6 @@ def _ratio(text: str) -> float:
     return value
 
 
-DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-
-
 def _ratio_list(text: str) -> list[float]:
     try:
         return sorted({_ratio(v) for v in text.split(",")})
@@ -190,67 +185,11 @@ def _engine_arguments(parser):
                                                    "in order (default: 1 locally, the cluster's CPUs on Ray)")
 
 
-def _data_request(args, net):
-    """What the data arguments ask for, as a request a worker can open by itself."""
-    from .dataflow import DataRequest, base_dir, batch_size_for
+def _request(kind, args):
+    """A verb's library request (a dataclass), filled from the parsed arguments it has."""
+    from dataclasses import fields
 
-    return DataRequest(args.data, _transform(args), args.limit, batch_size=batch_size_for(net, args.batch_size),
-                       directory=base_dir(net), skip=args.skip or 0)
-
-
-def _runtime_options(args) -> dict:
-    return {"device": args.device, "threads": args.threads, "backend": args.backend}
-
-
-def _task_runtime_options(args) -> dict:
-    """The runtime options of a pass's tasks: on Ray one onnxruntime thread per task (each task holds
-    one CPU) unless --threads says otherwise, and onnxruntime unless --backend names another (workers
-    probing on their own could choose differently, and the shards must be computed alike)."""
-    on_ray = args.engine == "ray"
-    return {**_runtime_options(args), "threads": args.threads or (1 if on_ray else None),
-            "backend": "onnxruntime" if on_ray and args.backend == "auto" else args.backend}
-
-
-def _transform(args):
-    """A TransformationParameter from --scale/--mean, or None to use the net's own."""
-    if args.scale is None and args.mean is None:
-        return None
-    transform = caffe_pb2.TransformationParameter()
-    if args.scale is not None:
-        transform.scale = args.scale
-    transform.mean_value.extend(args.mean or [])
-    return transform
-
-
-def _load(args, with_data: bool = False):
-    """The model, plus its data source when the verb reads data (--data, else the net's data layer)."""
-    from .dataflow import batch_size_for, input_layer, item_shapes
-    from .model import load_model, load_net
-
-    shapes = dict(args.input)
-    source = None
-    if with_data:
-        net = load_net(args.prototxt, phase=args.phase)
-        source = _data_request(args, net).open(net)
-        top = input_layer(net).tops[0].name
-        shapes.setdefault(top, (batch_size_for(net, args.batch_size),) + tuple(source.shape))
-    top_shapes: dict[str, list[tuple[int, ...]]] = {}
-    for layer, shape in args.top_shape:
-        top_shapes.setdefault(layer, []).append(shape)
-    model = load_model(args.prototxt, args.weights, phase=args.phase, input_shapes=shapes,
-                       data_shapes=item_shapes(args.prototxt), top_shapes=top_shapes)
-    if source is not None:
-        top = input_layer(model.net).tops[0]
-        if tuple(model.shapes.blob(top)[1:]) != tuple(source.shape):
-            raise CaffeSurgeryError(f"data samples are {tuple(source.shape)} but the net's '{top.name}' takes "
-                                    f"{tuple(model.shapes.blob(top)[1:])}", file=source.name)
-    return model, source
-
-
-def _batches(model, source, args, desc: str):
-    from .dataflow import batch_size_for, batches
-
-    return batches(source, batch_size_for(model.net, args.batch_size), desc)
+    return kind(**{f.name: getattr(args, f.name) for f in fields(kind) if hasattr(args, f.name)})
 
 
 # -- verbs ------------------------------------------------------------------------------
@@ -260,7 +199,7 @@ def cmd_info(args) -> int:
     from .model import layer_weights_nbytes
     from .report import format_groups, format_summary, groups_summary, net_summary
 
-    model, _ = _load(args)
+    model, _ = load(_request(NetRequest, args))
     if args.groups:
         from .groups import build_groups
         summary = groups_summary(build_groups(model.net, model.shapes))
@@ -306,7 +245,7 @@ def cmd_export(args) -> int:
     """Export to ONNX (checked with full_check and strict shape inference)."""
     from .onnx_export import export_onnx, save_onnx
 
-    model, _ = _load(args)
+    model, _ = load(_request(NetRequest, args))
     onnx_model = export_onnx(model.net, model.shapes, opset=args.opset, dynamic_batch=args.dynamic_batch)
     save_onnx(onnx_model, args.output)
     print(f"{format_written([args.output])}: inputs {', '.join(i.name for i in onnx_model.graph.input)}; "
@@ -316,17 +255,9 @@ def cmd_export(args) -> int:
 
 def cmd_eval(args) -> int:
     """Top-k accuracy (and loss) on data."""
-    import time
+    from .pipeline import NetRequest, evaluate_data
 
-    from .cluster import map_shards
-    from .evaluate import Evaluation, EvaluationTask
-
-    model, _ = _load(args, with_data=True)
-    started = time.perf_counter()
-    task = EvaluationTask(tuple(args.top_k), _task_runtime_options(args))
-    counts = map_shards(task, model, _data_request(args, model.net), args.shards, engine=args.engine,
-                        address=args.address, desc="eval")
-    result = Evaluation.from_arrays(counts, time.perf_counter() - started)
+    result = evaluate_data(_request(NetRequest, args), args.top_k)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
@@ -339,68 +270,19 @@ def cmd_eval(args) -> int:
 def cmd_compare(args) -> int:
     """Run two nets on the same inputs, list blob by blob how far B is from A, and check A's outputs
     against --atol/--rtol (exit 1 when one exceeds them)."""
-    import numpy as np
-
-    from .compare import DifferenceSums, OutputTolerance, comparison_document, onnxruntime_runner, opencv_runner, output_names, shared_blobs
-    from .dataflow import input_layer, open_source
-    from .model import load_model
+    from .compare import compare_files, comparison_document
     from .report import format_differences, format_output_checks
 
-    model_a = load_model(args.a_prototxt, args.a_weights, input_shapes=dict(args.input))
-    model_b = load_model(args.b_prototxt, args.b_weights, input_shapes=dict(args.input))
-    names = shared_blobs(model_a.net, model_b.net)
-    outputs = output_names(model_a.net)
-    missing = [name for name in outputs if name not in names]
-    if missing:
-        raise CaffeSurgeryError(f"net B does not produce net A's output(s) {', '.join(missing)}", file=args.b_prototxt)
-    top = input_layer(model_a.net).tops[0]
-    count = args.limit or 1
-    chunk = min(count, COMPARE_BATCH)
-    _check_compare_memory(model_a, model_b, names, top, chunk)
-    if args.data:
-        chunks = (images for images, _ in open_source(model_a.net, args.data).head(count).iter_batches(chunk))
-    else:
-        rng = np.random.default_rng(0)
-        shape = tuple(model_a.shapes.blob(top)[1:])
-        chunks = (rng.standard_normal((min(chunk, count - start),) + shape).astype(np.float32)
-                  for start in range(0, count, chunk))
-    options = {"device": args.device, "threads": args.threads}
-    run_a = onnxruntime_runner(model_a.net, model_a.shapes, names, options)
-    run_b = (opencv_runner(model_b.net, args.b_prototxt, args.b_weights, names) if args.backend == "opencv"
-             else onnxruntime_runner(model_b.net, model_b.shapes, names, options))
-    sums = {name: DifferenceSums() for name in names}
-    tolerances = {name: OutputTolerance(name, args.atol, args.rtol, model_a.net.producer(model_a.net.final(name)).type
-                                        == "DetectionOutput", args.score_threshold) for name in outputs}
-    for images in chunks:  # one batch of inputs and blob values at a time
-        values_a, values_b = run_a(images), run_b(images)
-        for name in names:
-            sums[name].add(values_a[name], values_b[name])
-        for name, tolerance in tolerances.items():
-            tolerance.add(values_a[name], values_b[name])
-    differences = [sums[name].result(name) for name in names]
-    checks = [tolerance.result() for tolerance in tolerances.values()]
+    differences, checks = compare_files(
+        args.a_prototxt, args.a_weights, args.b_prototxt, args.b_weights, input_shapes=dict(args.input),
+        data=args.data, limit=args.limit, backend=args.backend, device=args.device, threads=args.threads,
+        atol=args.atol, rtol=args.rtol, score_threshold=args.score_threshold)
     if args.json:
         print(json.dumps(comparison_document(differences, checks, args.atol, args.rtol), indent=1))
     else:
         print(format_differences(differences))
         print(format_output_checks(checks, args.atol, args.rtol))
     return 0 if all(check.passed for check in checks) else 1
-
-
-COMPARE_BATCH = 64
-"""Samples compared per run of both nets."""
-
-
-def _check_compare_memory(model_a, model_b, names, top, count: int) -> None:
-    """Refuse, before anything is allocated, a comparison whose inputs and blob values exceed the memory limit."""
-    from math import prod
-
-    from .limits import check_allocation
-
-    per_sample = prod(model_a.shapes.blob(top)[1:]) + sum(
-        prod(model.shapes.blob(model.net.final(name))[1:]) for model in (model_a, model_b) for name in names)
-    check_allocation(4 * count * per_sample, f"comparing a batch of {count} samples (inputs and every shared blob "
-                                             "of both nets)")
 
 
 def cmd_convert_data(args) -> int:
@@ -412,39 +294,11 @@ def cmd_convert_data(args) -> int:
     return 0
 
 
-def _statistics_pass(args, model, criterion, group_list, groups, request=None):
-    """The criterion's statistics over the data (``request``, default the --data arguments; --shard I/N:
-    only that part), on the chosen engine."""
-    from dataclasses import replace
-
-    from .cluster import map_shards
-    from .pruning import StatisticsTask, statistics_plan
-
-    stats = statistics_plan(model, groups, group_list, criterion)
-    data = replace(request or _data_request(args, model.net), window=getattr(args, "shard", None) or (0, 1))
-    task = StatisticsTask(criterion.name, tuple(g.id for g in group_list), _task_runtime_options(args))
-    stats.load_arrays(map_shards(task, model, data, args.shards, engine=args.engine, address=args.address,
-                                 desc=f"relevance ({criterion.name})"), "the merged shards")
-    return stats
-
-
 def cmd_relevance(args) -> int:
     """Gather a data-driven criterion's statistics (optionally one shard) into an .npz."""
-    from .criteria import get_criterion
-    from .groups import build_groups
-    from .pruning import chosen_groups
+    from .pipeline import RelevanceRequest, relevance_file
 
-    criterion = get_criterion(args.criterion)
-    if not criterion.needs_data or criterion.score is None:
-        raise CaffeSurgeryError(f"criterion '{criterion.name}' gathers no relevance statistics; use it directly "
-                                "with prune")
-    model, source = _load(args, with_data=True)
-    groups = build_groups(model.net, model.shapes)
-    group_list = chosen_groups(groups, args.layers, maxout_only=criterion.name == "maxout-wins")
-    stats = _statistics_pass(args, model, criterion, group_list, groups)
-    about = {"criterion": criterion.name, "layers": ",".join(g.name for g in group_list),
-             "shard": f"{args.shard[0]}/{args.shard[1]}" if args.shard else "0/1"}
-    stats.save(args.output, about)
+    stats, group_list = relevance_file(_request(RelevanceRequest, args))
     print(f"{format_written([args.output])}: {stats.samples} samples, {len(group_list)} groups")
     return 0
 
@@ -459,314 +313,22 @@ def cmd_relevance_merge(args) -> int:
     return 0
 
 
-def _measure(model, source, args):
-    """How a pruned net is judged on the (limited) data, batches decoded once and reused: top-1 accuracy, or
-    agreement with the original net's outputs (--metric). Returns the metric, an evaluator ``(net, shapes) ->
-    figure`` (higher is better; the original scores its accuracy, or 1.0) and the agreement (None for top-1)."""
-    from .agreement import OutputAgreement, choose_metric
-    from .evaluate import evaluate
-
-    metric = choose_metric(model.net, source.has_labels, args.metric)
-    held = list(_batches(model, source, args, "validation data"))
-    if metric != "top1":
-        measure = OutputAgreement(model.net, model.shapes, held, metric, _runtime_options(args), args.score_threshold)
-        return metric, measure.quality, measure
-
-    def accuracy(net, shapes) -> float:
-        return evaluate(net, shapes, held, (1,), _runtime_options(args)).accuracy(1)
-
-    return metric, accuracy, None
-
-
-def _budget(args):
-    from .selection import Budget
-
-    if args.criterion and args.ratio is None and args.keep is None and args.maxout_k is None and args.tolerance is None:
-        raise CaffeSurgeryError("say how much to remove: --ratio, --keep, --maxout-k, --tolerance or --budget")
-    if args.global_ranking and (args.keep is not None or args.layer_ratio):
-        raise CaffeSurgeryError("--global sets one threshold over all layers from --ratio; --keep and --layer-ratio "
-                                "set per-layer counts: use one or the other")
-    return Budget(ratio=args.ratio, keep=args.keep, min_keep=args.min_keep, round_to=args.round_to,
-                  overrides=dict(args.layer_ratio), global_ranking=args.global_ranking, maxout_k=args.maxout_k,
-                  maxout_units=args.maxout_units)
-
-
-def _scores(args, model, source, groups, group_list, calibration=None):
-    """Scores per group id by --criterion, and the statistics read (thinet and the data-driven criteria
-    learn from ``calibration``, default ``source``)."""
-    from .criteria import get_criterion
-    from .pruning import score, statistics_plan
-
-    criterion = get_criterion(args.criterion)
-    if criterion.name == "thinet":
-        from .thinet import thinet_scores
-
-        held = list(_batches(model, calibration or source, args, "thinet statistics"))
-        return thinet_scores(model.net, model.shapes, groups, group_list, lambda: held, _runtime_options(args)), None
-    if criterion.score is None:
-        raise CaffeSurgeryError(f"criterion '{criterion.name}' chooses what to remove itself; it gives no scores")
-    stats = None
-    if criterion.needs_data:
-        stats = statistics_plan(model, groups, group_list, criterion)
-        if getattr(args, "stats", None):
-            import numpy as np
-            with np.load(args.stats) as arrays:
-                stats.load_arrays(arrays, args.stats)
-        else:
-            stats = _statistics_pass(args, model, criterion, group_list, groups, _calibration_request(args, model.net))
-    return score(model, groups, group_list, criterion, stats), stats
-
-
-def _sensitivity_measure(args, model, batches):
-    """What sensitivity measures: top-1 on labelled data, else the outputs' relative error."""
-    from .sensitivity import output_error, top1
-
-    if args.measure == "output-error":
-        return output_error(model, batches, _runtime_options(args))
-    return top1(batches, _runtime_options(args))
-
-
-def _budget_plan(args, model, source, groups, group_list, calibration, scores):
-    """Per-group ratios reaching --budget with the least loss predicted by sensitivity curves (on the
-    calibration data, or --sensitivity FILE), or by the scores without data."""
-    from .budget import choose_ratios, parse_budget, plan_for, score_losses, total
-    from .sensitivity import load_losses, sensitivity_curves
-
-    kind, fraction = parse_budget(args.budget)
-    ratios = args.ratios
-    if args.sensitivity:
-        losses, predicts = load_losses(args.sensitivity, groups), "loss from " + args.sensitivity
-    elif source is not None:
-        measure = _sensitivity_measure(args, model, list(_batches(model, calibration or source, args, "sensitivity")))
-        baseline, curves = sensitivity_curves(model, groups, group_list, scores, ratios, measure)
-        losses = {groups.of_layer(name).id: {p.ratio: measure.loss(baseline, p.value) for p in points}
-                  for name, points in curves.items()}
-        predicts = f"{measure.name} loss, calibration data (unpruned {baseline:.4f})"
-    else:
-        losses, predicts = score_losses(group_list, scores, ratios), "fraction of score mass removed"
-    chosen, predicted, reached = choose_ratios(model, groups, group_list, scores, losses, kind, fraction)
-    about = {"criterion": args.criterion, "budget": {
-        "target": args.budget, "reached": reached / total(model.shapes, kind),
-        "ratios": {groups.groups[gid].name: ratio for gid, ratio in chosen.items()},
-        "predicted_loss": predicted, "predicted_by": predicts}}
-    return plan_for(scores, groups, group_list, chosen, about)
-
-
-def _plan(args, model, source, groups, group_list, calibration=None):
-    """The plan to apply, the net to apply it to (weights may be adjusted) and notes for the report;
-    data-driven statistics come from ``calibration`` (default ``source``), accuracy from ``source``."""
-    from .plan import Plan
-    from .pruning import make_plan, plan_by_similarity, random_masks_plan, tolerance_plan
-
-    if args.plan:
-        return Plan.load(args.plan), model.net, [], None
-    if args.budget:
-        scores, stats = _scores(args, model, source, groups, group_list, calibration)
-        return _budget_plan(args, model, source, groups, group_list, calibration, scores), model.net, [], stats
-    budget = _budget(args)
-    about = {"criterion": args.criterion}
-    if args.criterion == "similarity":
-        plan, net, notes = plan_by_similarity(model, groups, group_list, budget)
-        return plan, net, notes, None
-    if args.criterion == "random-masks":
-        plan, _ = random_masks_plan(model, groups, group_list, budget, _measure(model, source, args)[1],
-                                    args.masks, args.seed)
-        return plan, model.net, [f"random-masks: best of {args.masks} masks"], None
-    scores, stats = _scores(args, model, source, groups, group_list, calibration)
-    if args.tolerance is not None:
-        metric, evaluator, _ = _measure(model, source, args)
-        plan, _ = tolerance_plan(model, groups, group_list, scores, budget, evaluator, args.tolerance,
-                                 about={**about, "metric": metric})
-        return plan, model.net, [], stats
-    return make_plan(scores, groups, group_list, budget, {**about, "ratio": args.ratio}), model.net, [], stats
-
-
-def _calibration_request(args, net):
-    """The data statistics, compensation and reconstruction learn from: --calib-data, else --data, up to
-    --calib-limit samples."""
-    from dataclasses import replace
-
-    request = _data_request(args, net)
-    if getattr(args, "calib_data", None):
-        request = replace(request, spec=args.calib_data, skip=0, limit=None)
-    calib_limit = getattr(args, "calib_limit", None)
-    if calib_limit is not None:
-        request = replace(request, limit=calib_limit if request.limit is None else min(request.limit, calib_limit))
-    return request
-
-
-def _calibration(args, model, source):
-    """The calibration source (``_calibration_request``), checked to fit the net as the --data samples do."""
-    calibration = _calibration_request(args, model.net).open(model.net)
-    if tuple(calibration.shape) != tuple(source.shape):
-        raise CaffeSurgeryError(f"calibration samples are {tuple(calibration.shape)}, the --data samples "
-                                f"{tuple(source.shape)}", file=calibration.name)
-    return calibration
-
-
-def _pruned(args, model, source, calibration, groups, group_list, protected):
-    """The plan, the pruned net and its shapes (compensated or reconstructed when asked), notes and refits."""
-    from .plan import resolve_plan
-    from .reconstruct import compensate, reconstruct
-    from .surgery import apply_plan
-
-    plan, net, notes, _ = _plan(args, model, source, groups, group_list, calibration)
-    keep = resolve_plan(plan, net, groups, args.plan)
-    if protected & {p for gid in keep for p in groups.groups[gid].producers}:
-        raise CaffeSurgeryError(f"the plan prunes protected layers: {', '.join(sorted(protected))}", file=args.plan)
-    refits = []
-    if args.compensate or args.reconstruct:
-        held = list(_batches(model, calibration, args, "calibration"))
-        options = {"runtime_options": _runtime_options(args)}
-        if args.reconstruct:
-            pruned_net, pruned_shapes, refits, skipped = reconstruct(
-                net, model.shapes, groups, keep, lambda: held, sequential=not args.independent, **options)
-            return plan, pruned_net, pruned_shapes, notes + [r.note() for r in refits] + skipped, refits
-        net, refits, skipped = compensate(net, model.shapes, groups, keep, lambda: held, **options)
-        notes += [refit.note() for refit in refits] + skipped
-    pruned_net, pruned_shapes = apply_plan(net, model.shapes, groups, keep)
-    return plan, pruned_net, pruned_shapes, notes, refits
-
-
-def _retrainer(args):
-    from .retrain import Retrainer
-
-    return Retrainer(args.retrain, args.retrain_iter, args.device)
-
-
 def cmd_prune(args) -> int:
     """Prune by plan, by criterion and ratio, to a budget or to an accuracy tolerance (optionally retraining);
     write the smaller pair."""
-    from .check import check_files
-    from .criteria import get_criterion
-    from .dataflow import input_layer, item_shapes
-    from .deploy import deploy_net
-    from .finetune import finetune_files, is_train_val
-    from .groups import build_groups
-    from .io import atomic_write, write_text
-    from .pruning import chosen_groups
-    from .report import format_prune_report, prune_report
-    from .reshape import reshape_net
-    from .save import save_caffemodel, save_prototxt
-    from .shapes import infer_shapes
+    from .prune_command import PruneRequest, prune_files
+    from .report import format_prune_report
 
-    criterion = get_criterion(args.criterion) if args.criterion else None
-    if args.compensate and args.reconstruct:
-        raise CaffeSurgeryError("--compensate and --reconstruct are alternatives: choose one")
-    if args.retrain and args.tolerance is not None and (args.compensate or args.reconstruct or args.plan):
-        raise CaffeSurgeryError("--retrain with --tolerance ranks by --criterion and retrains instead of refitting")
-    needs_data = bool(args.data) or args.tolerance is not None or args.compensate or args.reconstruct or (
-        criterion is not None and criterion.needs_data and not (args.stats and criterion.score is not None))
-    model, source = _load(args, with_data=needs_data)
-    calibration = _calibration(args, model, source) if source is not None else None
-    metric, evaluator, measure = _measure(model, source, args) if source is not None else (None, None, None)
-    protected = set(args.protect)
-
-    def chosen(groups):
-        return [g for g in chosen_groups(groups, args.layers, maxout_only=args.criterion == "maxout-wins")
-                if not protected & set(g.producers)]
-
-    groups = build_groups(model.net, model.shapes)
-    retrained_from = None
-    if args.retrain and args.tolerance is not None:
-        from .retrain import tolerance_with_retraining
-
-        pruned_net, pruned_shapes, plan, _ = tolerance_with_retraining(
-            model, chosen, lambda current, g, g_list: _scores(args, current, source, g, g_list, calibration)[0],
-            evaluator, args.tolerance, _retrainer(args), about={"criterion": args.criterion, "metric": metric})
-        notes, refits = [f"retrained after each of {len(plan.about['curve']) - 1} rounds (curve in the plan)"], []
-    else:
-        plan, pruned_net, pruned_shapes, notes, refits = _pruned(args, model, source, calibration, groups,
-                                                                 chosen(groups), protected)
-        if args.retrain and not args.dry_run:
-            retrained_from = pruned_net
-            pruned_net = _retrainer(args).retrain(pruned_net, pruned_shapes, plan)
-    report = prune_report(model.shapes, pruned_shapes, model.net, pruned_net)
-    report["notes"] = notes
-    report["refits"] = [refit.as_dict() for refit in refits]
+    result = prune_files(_request(PruneRequest, args))
     if args.dry_run:
-        print(plan.to_json())
-        print(format_prune_report(report))
+        print(result.plan.to_json())
+        print(format_prune_report(result.report))
         return 0
-    prefix = Path(args.output)
-    if source is not None:
-        if measure is None:
-            report["accuracy"] = {"before": evaluator(model.net, model.shapes),
-                                  "after": evaluator(pruned_net, pruned_shapes), "samples": len(source)}
-            if retrained_from is not None:
-                report["accuracy"]["before_retraining"] = evaluator(retrained_from, pruned_shapes)
-                notes.append(f"top-1 before retraining {report['accuracy']['before_retraining']:.4f}")
-        else:
-            report["agreement"] = {"metric": metric, **measure.figures(pruned_net, pruned_shapes), "samples": len(source)}
-            if metric == "agreement":
-                report["agreement"]["score_threshold"] = args.score_threshold
-    if "budget" in plan.about:
-        report["budget"] = plan.about["budget"]
-        if "accuracy" in report and args.measure == "top1" and not args.sensitivity:
-            report["budget"]["predicted_accuracy"] = report["accuracy"]["before"] - report["budget"]["predicted_loss"]
-            notes.append(f"budget: predicted top-1 {report['budget']['predicted_accuracy']:.4f}, measured "
-                         f"{report['accuracy']['after']:.4f}")
-        notes.append(f"budget {report['budget']['target']}: reached {report['budget']['reached']:.3f}, ratios "
-                     + ", ".join(f"{k} {v:g}" for k, v in report["budget"]["ratios"].items())
-                     + f"; predicted loss {report['budget']['predicted_loss']:.4g} ({report['budget']['predicted_by']})")
-    if args.profile:
-        from .profile import latency_ms
-
-        report["latency_ms"] = {"backend": "onnxruntime", "batch": report["batch"], "runs": PROFILE_RUNS,
-                                "before": latency_ms(model.net, model.shapes, PROFILE_RUNS, args.threads),
-                                "after": latency_ms(pruned_net, pruned_shapes, PROFILE_RUNS, args.threads)}
-    outputs = {kind: Path(f"{prefix}.{kind}") for kind in ("prototxt", "caffemodel", "plan.json", "report.json")}
-    train_val = args.train_val or (args.prototxt if is_train_val(model.net.to_proto()) else None)
-    if args.solver and not train_val:
-        raise CaffeSurgeryError("--solver needs the training net: pass --train-val FILE")
-    images = input_layer(pruned_net).tops[0]
-    finetuning = finetune_files(prefix, train_val, plan, model.net, pruned_net,
-                                {images.name: tuple(pruned_shapes.blob(images)[1:])}, args.solver) if train_val else {}
-    written = deploy_net(pruned_net, pruned_shapes) if train_val == args.prototxt else pruned_net
-    written = reshape_net(written, dict(args.input))
-    save_prototxt(written, outputs["prototxt"])
-    save_caffemodel(written, outputs["caffemodel"], args.precision)
-    written_shapes = pruned_shapes if written is pruned_net else infer_shapes(written, data_shapes=item_shapes(
-        args.prototxt, {name: shape[1:] for name, shape in args.input}))
-    problems = check_files(outputs["prototxt"], outputs["caffemodel"],
-                           input_shapes={t.name: tuple(written_shapes.blob(t)) for l in written.layers
-                                         if not l.bottoms for t in l.tops})
-    if problems:
-        for path in (outputs["prototxt"], outputs["caffemodel"]):
-            path.unlink()
-        raise CaffeSurgeryError("internal error: the pruned pair fails check: " + "; ".join(problems))
-    for path, message in finetuning.items():
-        write_text(path, message)
-        outputs[path.name[len(prefix.name) + 1:]] = path
-    report["files"] = {"caffemodel": [Path(args.weights).stat().st_size, outputs["caffemodel"].stat().st_size]}
-    if args.precision == "fp16":
-        notes.append(_fp16_change(written, written_shapes, outputs, evaluator if source is not None else None,
-                                  measure if source is not None else None, report))
-    plan.save(outputs["plan.json"])
-    atomic_write(outputs["report.json"], [json.dumps(report, indent=1).encode("utf-8")])
-    print(format_prune_report(report))
-    for note in notes:
+    print(format_prune_report(result.report))
+    for note in result.notes:
         print(f"note: {note}")
-    print(format_written(outputs.values(), args.precision))
+    print(format_written(result.outputs.values(), args.precision))
     return 0
-
-
-def _fp16_change(net, shapes, outputs, evaluator, measure, report) -> str:
-    """The fp16 note of a pruned pair: the probe difference and, with data, the figure read back in fp16
-    (top-1 accuracy, or agreement with the original net)."""
-    from .model import load_model
-    from .precision import fp16_note
-
-    note = fp16_note(net, shapes, outputs["prototxt"], outputs["caffemodel"])
-    if evaluator is None:
-        return note
-    written = load_model(outputs["prototxt"], outputs["caffemodel"], input_shapes={
-        t.name: tuple(shapes.blob(t)) for layer in net.layers if not layer.bottoms for t in layer.tops})
-    if measure is not None:
-        report["agreement"]["after_fp16"] = measure.figures(written.net, written.shapes)
-        return f"{note}; agreement read back in fp16: {report['agreement']['after_fp16']}"
-    report["accuracy"]["after_fp16"] = evaluator(written.net, written.shapes)
-    return f"{note}; top-1 accuracy {report['accuracy']['after_fp16']:.4f} in fp16"
 
 
 def cmd_reshape(args) -> int:
@@ -784,7 +346,7 @@ def cmd_draw(args) -> int:
     """Draw the net with Graphviz, pruned channels marked from a plan or a prune report."""
     from .draw import channel_changes, net_graph, read_report_changes, write_graph
 
-    model, _ = _load(args)
+    model, _ = load(_request(NetRequest, args))
     changes = None
     if args.plan:
         from .plan import Plan
@@ -806,7 +368,7 @@ def cmd_profile(args) -> int:
     """Time per layer with onnxruntime's profiler or OpenCV's getPerfProfile, next to MACs."""
     from .profile import format_profile, profile_net
 
-    model, _ = _load(args)
+    model, _ = load(_request(NetRequest, args))
     profile = profile_net(model.net, model.shapes, args.backend, args.runs, args.prototxt, args.weights, args.threads)
     print(json.dumps(profile.as_dict(), indent=2) if args.json else format_profile(profile))
     return 0
@@ -823,23 +385,14 @@ def cmd_plot(args) -> int:
 
 def cmd_sensitivity(args) -> int:
     """Prune each group alone at each ratio and measure the net; write CSV, JSON and a PNG of the curves."""
-    from .groups import build_groups
-    from .pruning import chosen_groups
+    from .pipeline import SensitivityRequest, sensitivity_files
     from .report import format_table
-    from .sensitivity import sensitivity_curves, write_sensitivity
 
-    model, source = _load(args, with_data=True)
-    groups = build_groups(model.net, model.shapes)
-    group_list = chosen_groups(groups, args.layers)
-    scores, _ = _scores(args, model, source, groups, group_list)
-    measure = _sensitivity_measure(args, model, list(_batches(model, source, args, "sensitivity")))
-    baseline, curves = sensitivity_curves(model, groups, group_list, scores, args.ratios, measure)
-    paths = write_sensitivity(args.output, baseline, curves, measure,
-                              {"criterion": args.criterion, "samples": len(source)})
-    rows = [(layer, *(f"{p.value:.4f}" for p in points[1:])) for layer, points in curves.items()]
-    print(f"{measure.name} of the unpruned net: {baseline:.4f}")
+    result = sensitivity_files(_request(SensitivityRequest, args))
+    rows = [(layer, *(f"{p.value:.4f}" for p in points[1:])) for layer, points in result.curves.items()]
+    print(f"{result.measure} of the unpruned net: {result.baseline:.4f}")
     print(format_table(["layer"] + [f"{r:g}" for r in args.ratios], rows))
-    print(f"wrote {', '.join(paths)}")
+    print(f"wrote {', '.join(result.paths)}")
     return 0
 
 

@@ -19,12 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .agreement import SCORE_THRESHOLD
 from .errors import CaffeSurgeryError
 from .graph import Net
 
 DIVERGENCE = 1e-4
 ATOL = 1e-4
 RTOL = 1e-4
+COMPARE_BATCH = 64
+"""Samples compared per run of both nets."""
 
 
 @dataclass
@@ -195,3 +198,59 @@ def comparison_document(differences: list[BlobDifference], checks: list[OutputCh
                        "relative": d.relative, "cosine": d.cosine} for d in differences],
             "outputs": [{"name": c.name, "max_abs": c.max_abs, "max_rel": c.max_rel, "passed": c.passed,
                          "agreement": c.agreement} for c in checks]}
+
+
+def compare_files(a_prototxt: str, a_weights: str, b_prototxt: str, b_weights: str, *,
+                  input_shapes: dict | None = None, data: str | None = None, limit: int | None = None,
+                  backend: str = "onnxruntime", device: str = "auto", threads: int | None = None,
+                  atol: float = ATOL, rtol: float = RTOL, score_threshold: float = SCORE_THRESHOLD):
+    """Run two pairs on the same inputs (``data``, else seeded random inputs; ``limit`` samples, default 1),
+    B in onnxruntime or OpenCV (``backend``), and return how far B is from A blob by blob
+    (``BlobDifference`` list) and A's outputs checked against atol/rtol (``OutputCheck`` list)."""
+    from .dataflow import input_layer, open_source
+    from .model import load_model
+
+    model_a = load_model(a_prototxt, a_weights, input_shapes=input_shapes)
+    model_b = load_model(b_prototxt, b_weights, input_shapes=input_shapes)
+    names = shared_blobs(model_a.net, model_b.net)
+    outputs = output_names(model_a.net)
+    missing = [name for name in outputs if name not in names]
+    if missing:
+        raise CaffeSurgeryError(f"net B does not produce net A's output(s) {', '.join(missing)}", file=b_prototxt)
+    top = input_layer(model_a.net).tops[0]
+    count = limit or 1
+    chunk = min(count, COMPARE_BATCH)
+    _check_compare_memory(model_a, model_b, names, top, chunk)
+    if data:
+        chunks = (images for images, _ in open_source(model_a.net, data).head(count).iter_batches(chunk))
+    else:
+        rng = np.random.default_rng(0)
+        shape = tuple(model_a.shapes.blob(top)[1:])
+        chunks = (rng.standard_normal((min(chunk, count - start),) + shape).astype(np.float32)
+                  for start in range(0, count, chunk))
+    options = {"device": device, "threads": threads}
+    run_a = onnxruntime_runner(model_a.net, model_a.shapes, names, options)
+    run_b = (opencv_runner(model_b.net, b_prototxt, b_weights, names) if backend == "opencv"
+             else onnxruntime_runner(model_b.net, model_b.shapes, names, options))
+    sums = {name: DifferenceSums() for name in names}
+    tolerances = {name: OutputTolerance(name, atol, rtol, model_a.net.producer(model_a.net.final(name)).type
+                                        == "DetectionOutput", score_threshold) for name in outputs}
+    for images in chunks:  # one batch of inputs and blob values at a time
+        values_a, values_b = run_a(images), run_b(images)
+        for name in names:
+            sums[name].add(values_a[name], values_b[name])
+        for name, tolerance in tolerances.items():
+            tolerance.add(values_a[name], values_b[name])
+    return [sums[name].result(name) for name in names], [tolerance.result() for tolerance in tolerances.values()]
+
+
+def _check_compare_memory(model_a, model_b, names, top, count: int) -> None:
+    """Refuse, before anything is allocated, a comparison whose inputs and blob values exceed the memory limit."""
+    from math import prod
+
+    from .limits import check_allocation
+
+    per_sample = prod(model_a.shapes.blob(top)[1:]) + sum(
+        prod(model.shapes.blob(model.net.final(name))[1:]) for model in (model_a, model_b) for name in names)
+    check_allocation(4 * count * per_sample, f"comparing a batch of {count} samples (inputs and every shared blob "
+                                             "of both nets)")

@@ -5,6 +5,7 @@ each layer's parameters are serialized by protobuf, its blobs' values are
 written straight from the arrays, so saving holds no copy of any weights.
 """
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -121,6 +122,14 @@ def save_caffemodel(net: Net, path: str | os.PathLike, precision: str = "fp32") 
     """
     halved(precision, "")  # an unknown precision fails before anything is written
     atomic_write(path, _caffemodel_chunks(net, precision))
+
+
+def save_pair(net: Net, prefix: str | os.PathLike, precision: str = "fp32") -> tuple[Path, Path]:
+    """Write ``PREFIX.prototxt`` and ``PREFIX.caffemodel`` (``precision`` as in ``save_caffemodel``); return them."""
+    paths = Path(f"{prefix}.prototxt"), Path(f"{prefix}.caffemodel")
+    save_prototxt(net, paths[0])
+    save_caffemodel(net, paths[1], precision)
+    return paths
 
 
 def save_float32_weights(weights: caffe_pb2.NetParameter, path: str | os.PathLike, precision: str = "fp32") -> None:

@@ -196,33 +196,25 @@ def _request(kind, args):
 
 def cmd_info(args) -> int:
     """Print the per-layer table (or JSON) of a net, or its channel groups."""
-    from .model import layer_weights_nbytes
-    from .report import format_groups, format_summary, groups_summary, net_summary
+    from .api import channel_groups, summary as net_summary
+    from .report import format_groups, format_summary, groups_summary
 
     model, _ = load(_request(NetRequest, args))
     if args.groups:
-        from .groups import build_groups
-        summary = groups_summary(build_groups(model.net, model.shapes))
+        summary = groups_summary(channel_groups(model))
         print(json.dumps(summary, indent=2) if args.json else format_groups(summary))
         return 0
-    summary = net_summary(model.net, model.shapes, layer_weights_nbytes(model.net))
+    summary = net_summary(model)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
 
 def cmd_upgrade(args) -> int:
     """Write a current-format copy of a V0/V1 prototxt and, optionally, its caffemodel."""
-    from .io import read_net_text, read_weights, write_text
-    from .save import save_float32_weights
-    from .upgrade import upgrade_net
+    from .upgrade import upgrade_files
 
-    if (args.weights is None) != (args.output_weights is None):
-        raise CaffeSurgeryError("-w and -o go together: give both or neither")
-    upgraded = upgrade_net(read_net_text(args.input_prototxt))
-    if args.weights is not None:
-        save_float32_weights(upgrade_net(read_weights(args.weights)), args.output_weights, args.precision)
-    write_text(args.output_prototxt, upgraded)
-    written = [args.output_prototxt] + ([args.output_weights] if args.weights is not None else [])
+    written = upgrade_files(args.input_prototxt, args.output_prototxt, args.weights, args.output_weights,
+                            args.precision)
     print(format_written(written, args.precision))
     return 0
 
@@ -344,19 +336,14 @@ def cmd_reshape(args) -> int:
 
 def cmd_draw(args) -> int:
     """Draw the net with Graphviz, pruned channels marked from a plan or a prune report."""
-    from .draw import channel_changes, net_graph, read_report_changes, write_graph
+    from .draw import net_graph, plan_changes, read_report_changes, write_graph
 
     model, _ = load(_request(NetRequest, args))
     changes = None
     if args.plan:
-        from .plan import Plan
-        from .pruning import prune
-        from .report import prune_report
-
         if not args.weights:
             raise CaffeSurgeryError("--plan needs the weights (-w) to apply the plan; or draw from --report")
-        pruned = prune(model, Plan.load(args.plan), source=args.plan)
-        changes = channel_changes(prune_report(model.shapes, pruned.shapes, model.net, pruned.net))
+        changes = plan_changes(model, args.plan)
     elif args.report:
         changes = read_report_changes(args.report)
     write_graph(net_graph(model.net, model.shapes, changes), args.output)

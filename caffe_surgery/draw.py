@@ -112,3 +112,13 @@ def read_report_changes(path: str | os.PathLike) -> dict[str, tuple[int, int] | 
         return channel_changes(report)
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise CaffeSurgeryError(f"not a prune report ({exc.__class__.__name__}: {exc})", file=str(path)) from None
+
+
+def plan_changes(model, plan_path: str | os.PathLike) -> dict[str, tuple[int, int] | None]:
+    """The channels a plan keeps per layer (kept, original), from applying it to the model (with weights)."""
+    from .plan import Plan
+    from .pruning import prune
+    from .report import prune_report
+
+    pruned = prune(model, Plan.load(plan_path), source=plan_path)
+    return channel_changes(prune_report(model.shapes, pruned.shapes, model.net, pruned.net))

@@ -21,7 +21,7 @@ raise a :class:`~caffe_surgery.errors.CaffeSurgeryError` naming the layer.
 from google.protobuf import unknown_fields
 
 from caffe_surgery import caffe_pb2
-from caffe_surgery.errors import GraphError, ParseError, UnsupportedLayerError
+from caffe_surgery.errors import CaffeSurgeryError, GraphError, ParseError, UnsupportedLayerError
 
 V1Layer = caffe_pb2.V1LayerParameter
 
@@ -453,3 +453,19 @@ def _unknown_field_value(message, name: str):
         if unknown.field_number == number:
             return unknown.data
     return None
+
+
+def upgrade_files(input_prototxt: str, output_prototxt: str, weights: str | None = None,
+                  output_weights: str | None = None, precision: str = "fp32") -> list[str]:
+    """Write a current-format copy of a V0/V1 prototxt and, with ``weights``, of its caffemodel at
+    ``output_weights``; return the paths written."""
+    from caffe_surgery.io import read_net_text, read_weights, write_text
+    from caffe_surgery.save import save_float32_weights
+
+    if (weights is None) != (output_weights is None):
+        raise CaffeSurgeryError("-w and -o go together: give both or neither")
+    upgraded = upgrade_net(read_net_text(input_prototxt))
+    if weights is not None:
+        save_float32_weights(upgrade_net(read_weights(weights)), output_weights, precision)
+    write_text(output_prototxt, upgraded)
+    return [output_prototxt] + ([output_weights] if weights is not None else [])

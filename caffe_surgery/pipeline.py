@@ -72,7 +72,8 @@ def data_request(request, net):
     """What the data arguments ask for, as a request a worker can open by itself."""
     from .dataflow import DataRequest, base_dir, batch_size_for
 
-    return DataRequest(request.data, transform_parameter(request.scale, request.mean), request.limit, batch_size=batch_size_for(net, request.batch_size),
+    return DataRequest(request.data, transform_parameter(request.scale, request.mean), request.limit,
+                       batch_size=batch_size_for(net, request.batch_size),
                        directory=base_dir(net), skip=request.skip or 0)
 
 
@@ -182,7 +183,8 @@ def validation_measure(model, source, request):
     metric = choose_metric(model.net, source.has_labels, request.metric)
     held = list(data_batches(model, source, request.batch_size, "validation data"))
     if metric != "top1":
-        measure = OutputAgreement(model.net, model.shapes, held, metric, runtime_options(request), request.score_threshold)
+        measure = OutputAgreement(model.net, model.shapes, held, metric, runtime_options(request),
+                                  request.score_threshold)
         return metric, measure.quality, measure
 
     def accuracy(net, shapes) -> float:
@@ -213,7 +215,8 @@ def group_scores(request, model, source, groups, group_list, calibration=None):
             with np.load(request.stats) as arrays:
                 stats.load_arrays(arrays, request.stats)
         else:
-            stats = statistics_pass(request, model, criterion, group_list, groups, calibration_request(request, model.net))
+            stats = statistics_pass(request, model, criterion, group_list, groups,
+                                    calibration_request(request, model.net))
     return score(model, groups, group_list, criterion, stats), stats
 
 

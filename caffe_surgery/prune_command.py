@@ -70,7 +70,8 @@ class PruneResult:
 def _budget(request):
     from .selection import Budget
 
-    if request.criterion and request.ratio is None and request.keep is None and request.maxout_k is None and request.tolerance is None:
+    if request.criterion and request.ratio is None and request.keep is None and request.maxout_k is None and (
+            request.tolerance is None):
         raise CaffeSurgeryError("say how much to remove: --ratio, --keep, --maxout-k, --tolerance or --budget")
     if request.global_ranking and (request.keep is not None or request.layer_ratio):
         raise CaffeSurgeryError("--global sets one threshold over all layers from --ratio; --keep and --layer-ratio "
@@ -91,7 +92,8 @@ def _budget_plan(request, model, source, groups, group_list, calibration, scores
     if request.sensitivity:
         losses, predicts = load_losses(request.sensitivity, groups), "loss from " + request.sensitivity
     elif source is not None:
-        measure = sensitivity_measure(request, model, list(data_batches(model, calibration or source, request.batch_size, "sensitivity")))
+        held = list(data_batches(model, calibration or source, request.batch_size, "sensitivity"))
+        measure = sensitivity_measure(request, model, held)
         baseline, curves = sensitivity_curves(model, groups, group_list, scores, ratios, measure)
         losses = {groups.of_layer(name).id: {p.ratio: measure.loss(baseline, p.value) for p in points}
                   for name, points in curves.items()}
@@ -183,7 +185,7 @@ def prune_files(request: PruneRequest) -> PruneResult:
     from .shapes import infer_shapes
 
     if (request.plan is None) == (request.criterion is None):
-        raise CaffeSurgeryError("say how to prune: a plan or a criterion, not both")
+        raise CaffeSurgeryError("say how to prune: give a plan or a criterion (one of them)")
     criterion = get_criterion(request.criterion) if request.criterion else None
     if request.compensate and request.reconstruct:
         raise CaffeSurgeryError("--compensate and --reconstruct are alternatives: choose one")

@@ -426,7 +426,8 @@ def cmd_reproduce(args) -> int:
 
     document = reproduce_lenet(args.data, args.test_data, args.output, max_iter=args.max_iter,
                                train_limit=args.train_limit, test_limit=args.test_limit, device=args.device,
-                               weight_sparsity=args.weight_sparsity, conv_tolerance=args.conv_tolerance)
+                               weight_sparsity=args.weight_sparsity, conv_tolerance=args.conv_tolerance,
+                               resume=args.resume)
     print((Path(args.output) / "results.md").read_text())
     return 0 if document["stages"] else 1
 
@@ -446,7 +447,9 @@ def reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-sparsity", type=_ratio, default=0.75,
                         help="fraction of each layer's weights removed by magnitude pruning (default 0.75)")
     parser.add_argument("--conv-tolerance", type=float, default=0.2,
-                        help="accuracy points the conv-filter pruning may cost (default 0.2)")
+                        help="accuracy points below the unpruned net the conv-filter pruning may cost (default 0.2)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the stages an earlier run with the same data and settings finished in -o DIR")
 
 
 # -- parser ---------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ TEST-phase net, remove the least relevant neuron of every unit (k 4 -> 3 -> 2
 -> 1) with retraining after each step, then prune weights by magnitude with
 masked retraining; beyond the paper, also prune the convolution filters (ranked
 by the RMS of their outputs, 5 % at a time with a stage of retraining after
-each step) while test accuracy stays within a tolerance of the k = 1 net. The reference code's defects are fixed (rows copied to
+each step) until the net is 85 % smaller than the unpruned one or a step costs
+more than a tolerance below the unpruned net's test accuracy. The reference code's defects are fixed (rows copied to
 u*k' + j, win counts sized for the current k, TEST-phase counting with a tie
 rule). The nets are written by this module with the reference architecture
 and solver settings; their Reshape copies the batch size (``dim: 0``) where
@@ -18,6 +19,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -104,9 +106,10 @@ class Stage:
 class Experiment:
     """The files and data of one reproduction run."""
 
-    def __init__(self, out_dir: Path, train_lmdb: Path, test_lmdb: Path, max_iter: int, device: str):
+    def __init__(self, out_dir: Path, train_lmdb: Path, test_lmdb: Path, max_iter: int, device: str,
+                 resume: bool = False):
         self.out, self.train_lmdb, self.test_lmdb = out_dir, train_lmdb, test_lmdb
-        self.max_iter, self.device = max_iter, device
+        self.max_iter, self.device, self.resume = max_iter, device, resume
         self.stages: list[Stage] = []
 
     def nets(self, name: str) -> tuple[Path, Path, Path]:
@@ -130,8 +133,22 @@ class Experiment:
     def test_source(self, model: Model):
         return parse_data_spec(f"lmdb:{self.test_lmdb}", model.net.layer("images").param.transform_param)
 
+    def stage(self, name: str, k: int, build: Callable[[], None], keep: bool = True) -> Stage:
+        """The stage's results: when resuming, those an earlier run of this folder recorded (its stage.json);
+        else ``build`` writes the stage's nets and weights and they are recorded. ``keep`` adds it to the results."""
+        stored = self.out / name / "stage.json"
+        if self.resume and stored.is_file():
+            stage = Stage(**json.loads(stored.read_text()))
+        else:
+            build()
+            stage = self.record(name, k)
+        if keep:
+            self.stages.append(stage)
+        return stage
+
     def record(self, name: str, k: int) -> Stage:
-        """Evaluate the stage's TEST net, write its deploy pair and check OpenCV agrees with onnxruntime."""
+        """Evaluate the stage's TEST net, write its deploy pair and check OpenCV agrees with onnxruntime;
+        the stage's row is written to its folder's stage.json."""
         _, test_net, weights = self.nets(name)
         model = self.load(test_net, weights, TEST)
         source = self.test_source(model)
@@ -145,7 +162,7 @@ class Experiment:
         stage = Stage(name, k, params, int(sum(np.count_nonzero(b) for b in weights_all)),
                       macs, caffemodel.stat().st_size, compressed_size(caffemodel),
                       result.accuracy(1), _opencv_agrees(prototxt, caffemodel, source), str(prototxt), str(caffemodel))
-        self.stages.append(stage)
+        atomic_write(self.out / name / "stage.json", [json.dumps(asdict(stage)).encode()])
         return stage
 
 
@@ -210,27 +227,41 @@ def _conv_step_plan(exp: Experiment, stage: str, ratio: float) -> Plan:
                      {"criterion": criterion.name, "ratio": ratio})
 
 
-def _conv_pruning(exp: Experiment, tolerance: float, step: float = 0.05, steps: int = 12) -> list[dict]:
+def _conv_pruning(exp: Experiment, tolerance: float, target_params: int, step: float = 0.05,
+                  max_steps: int = 40) -> list[dict]:
     """Prune conv filters step by step (``step`` of them each time), retraining a whole stage after each
-    step, while test accuracy stays within ``tolerance`` points of k = 1; the last accepted net becomes
-    stage k1_conv."""
-    baseline = next(s for s in exp.stages if s.name == "k1")
-    curve = [{"step": 0, "params": baseline.params, "accuracy": baseline.accuracy, "accepted": True}]
-    accepted = "k1"
-    for number in range(1, steps + 1):
+    step, until the net has at most ``target_params`` parameters or a step's test accuracy falls more than
+    ``tolerance`` points below the unpruned net's (k = 4); the last accepted net becomes stage k1_conv."""
+    reference = exp.stages[0].accuracy
+    start = next(s for s in exp.stages if s.name == "k1")
+    curve = [{"step": 0, "params": start.params, "accuracy": start.accuracy, "accepted": True}]
+    accepted, params = "k1", start.params
+    for number in range(1, max_steps + 1):
+        if params <= target_params:
+            break
         name = f"k1_conv_step{number}"
-        plan = _conv_step_plan(exp, accepted, step)
-        _prune_pair(exp, accepted, name, plan)
-        exp.train(name, exp.nets(name)[2])
-        stage = exp.record(name, 1)
-        exp.stages.remove(stage)
-        within = 100.0 * (baseline.accuracy - stage.accuracy) <= tolerance
+        stage = exp.stage(name, 1, lambda: _conv_step(exp, accepted, name, step), keep=False)
+        within = 100.0 * (reference - stage.accuracy) <= tolerance
         curve.append({"step": number, "params": stage.params, "accuracy": stage.accuracy, "accepted": within})
         if not within:
             break
-        accepted = name
+        accepted, params = name, stage.params
     _copy_stage(exp, accepted, "k1_conv")
     return curve
+
+
+def _conv_step(exp: Experiment, source_stage: str, target_stage: str, ratio: float) -> None:
+    """Remove ``ratio`` of the source stage's conv filters and retrain the result as a whole stage."""
+    _prune_pair(exp, source_stage, target_stage, _conv_step_plan(exp, source_stage, ratio))
+    exp.train(target_stage, exp.nets(target_stage)[2])
+
+
+def _maxout_step(exp: Experiment, k: int) -> None:
+    """Stage k{k}: keep the k most winning neurons of every unit of stage k{k+1}, then retrain."""
+    plan = _maxout_plan(exp, f"k{k + 1}", k)
+    plan.save(exp.out / f"k{k}.plan.json")
+    _prune_pair(exp, f"k{k + 1}", f"k{k}", plan)
+    exp.train(f"k{k}", exp.nets(f"k{k}")[2])
 
 
 def _copy_stage(exp: Experiment, source: str, target: str) -> None:
@@ -278,8 +309,11 @@ def write_results(exp: Experiment, curve: list[dict]) -> dict:
 
 def reproduce_lenet(train_spec: str, test_spec: str, out_dir: str | os.PathLike, *, max_iter: int | None = None,
                     train_limit: int | None = None, test_limit: int | None = None, device: str = "auto",
-                    weight_sparsity: float = 0.75, conv_tolerance: float = 0.2, log=print) -> dict:
-    """Run the whole experiment; return the results document (also written to ``out_dir``)."""
+                    weight_sparsity: float = 0.75, conv_tolerance: float = 0.2, conv_target: float = 0.85,
+                    conv_max_steps: int = 40, resume: bool = False, log=print) -> dict:
+    """Run the whole experiment; return the results document (also written to ``out_dir``). ``conv_target``
+    is the share of the unpruned net's parameters at which conv-filter pruning stops; ``resume`` reuses the
+    stages an earlier run with the same data and settings finished in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_lmdb, test_lmdb = out / "data" / "train_lmdb", out / "data" / "test_lmdb"
@@ -288,23 +322,22 @@ def reproduce_lenet(train_spec: str, test_spec: str, out_dir: str | os.PathLike,
     if count < TRAIN_BATCH or test_count < 1:
         raise CaffeSurgeryError(f"too little data: {count} training and {test_count} test samples")
     iterations = max_iter or max(1, round(REFERENCE_MAX_ITER * count / 60000))
-    exp = Experiment(out, train_lmdb, test_lmdb, iterations, device)
+    exp = Experiment(out, train_lmdb, test_lmdb, iterations, device, resume)
     log(f"data: {count} training, {test_count} test samples; {iterations} iterations per training")
-    train_net, test_net, _ = exp.nets("k4")
-    train_net.write_text(lenet_maxout_text(str(train_lmdb), TRAIN_BATCH, True))
-    test_net.write_text(lenet_maxout_text(str(test_lmdb), TEST_BATCH, False))
-    exp.train("k4", None)
-    log(f"k4: {exp.record('k4', 4)}")
+
+    def train_k4() -> None:
+        train_net, test_net, _ = exp.nets("k4")
+        train_net.write_text(lenet_maxout_text(str(train_lmdb), TRAIN_BATCH, True))
+        test_net.write_text(lenet_maxout_text(str(test_lmdb), TEST_BATCH, False))
+        exp.train("k4", None)
+
+    log(f"k4: {exp.stage('k4', 4, train_k4)}")
     for k in (3, 2, 1):
-        plan = _maxout_plan(exp, f"k{k + 1}", k)
-        plan.save(out / f"k{k}.plan.json")
-        _prune_pair(exp, f"k{k + 1}", f"k{k}", plan)
-        exp.train(f"k{k}", exp.nets(f"k{k}")[2])
-        log(f"k{k}: {exp.record(f'k{k}', k)}")
-    _sparsify_stage(exp, "k1", "k1_sparse", weight_sparsity)
-    log(f"k1_sparse: {exp.record('k1_sparse', 1)}")
-    curve = _conv_pruning(exp, conv_tolerance)
-    log(f"k1_conv: {exp.record('k1_conv', 1)}")
-    _sparsify_stage(exp, "k1_conv", "k1_conv_sparse", weight_sparsity)
-    log(f"k1_conv_sparse: {exp.record('k1_conv_sparse', 1)}")
+        log(f"k{k}: {exp.stage(f'k{k}', k, lambda: _maxout_step(exp, k))}")
+    log(f"k1_sparse: {exp.stage('k1_sparse', 1, lambda: _sparsify_stage(exp, 'k1', 'k1_sparse', weight_sparsity))}")
+    target_params = int((1.0 - conv_target) * exp.stages[0].params)
+    curve = _conv_pruning(exp, conv_tolerance, target_params, max_steps=conv_max_steps)
+    log(f"k1_conv: {exp.stage('k1_conv', 1, lambda: None)}")
+    log(f"k1_conv_sparse: "
+        f"{exp.stage('k1_conv_sparse', 1, lambda: _sparsify_stage(exp, 'k1_conv', 'k1_conv_sparse', weight_sparsity))}")
     return write_results(exp, curve)

@@ -41,8 +41,8 @@ def test_experiment_nets_are_the_reference_architecture(reference, training):
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_reduced_reproduction_keeps_the_pipeline_invariants(tmp_path):
     spec = "idx:{0}/{1}-images-idx3-ubyte.gz:{0}/{1}-labels-idx1-ubyte.gz"
-    document = reproduce_lenet(spec.format(FASHION_MNIST, "train"), spec.format(FASHION_MNIST, "t10k"), tmp_path,
-                               max_iter=8, train_limit=640, test_limit=100, device="cpu", log=lambda _: None)
+    run = dict(max_iter=8, train_limit=640, test_limit=100, device="cpu", conv_max_steps=3, log=lambda _: None)
+    document = reproduce_lenet(spec.format(FASHION_MNIST, "train"), spec.format(FASHION_MNIST, "t10k"), tmp_path, **run)
     stages = {s["name"]: s for s in document["stages"]}
     assert [stages[f"k{k}"]["params"] for k in (4, 3, 2, 1)] == [240_470, 187_158, 133_846, 80_534]
     for name in ("k3", "k2", "k1"):
@@ -61,9 +61,21 @@ def test_reduced_reproduction_keeps_the_pipeline_invariants(tmp_path):
         again = evaluate(model.net, model.shapes, test.iter_batches(50), (1,), {"device": "cpu"})
         assert again.samples == 100 and again.accuracy(1) == pytest.approx(stage["accuracy"], abs=1e-9), stage["name"]
     steps = document["conv_pruning_steps"]
-    assert steps[0]["accepted"] and len(steps) >= 2
+    assert steps[0]["accepted"] and 2 <= len(steps) <= 4
+    assert [s["accepted"] for s in steps[1:]] == [100 * (stages["k4"]["accuracy"] - s["accuracy"]) <= 0.2
+                                                   for s in steps[1:]], "the tolerance is below the unpruned net"
     assert all(s["accepted"] for s in steps[:-1]), "pruning stops at the first step beyond the tolerance"
-    assert steps[-1]["accepted"] == (len(steps) == 13)
+    assert steps[-1]["accepted"] == (len(steps) == 4), "the 85 % target is out of reach in 3 steps"
+    accepted = [s["params"] for s in steps if s["accepted"]]
+    assert stages["k1_conv"]["params"] == accepted[-1]
     assert (tmp_path / "results.md").read_text().count("\n| k") == 7
     image = cv2.imread(str(tmp_path / "results.png"))
     assert image is not None and image.shape == (560, 900, 3)
+
+    weights_files = sorted(tmp_path.glob("*/weights.caffemodel"))
+    written = {path: path.stat().st_mtime_ns for path in weights_files}
+    resumed = reproduce_lenet(spec.format(FASHION_MNIST, "train"), spec.format(FASHION_MNIST, "t10k"), tmp_path,
+                              resume=True, **run)
+    assert resumed == document, "a resumed run reuses every finished stage"
+    changed = [p.parent.name for p in weights_files if p.stat().st_mtime_ns != written[p]]
+    assert changed == ["k1_conv"], "nothing is retrained; only k1_conv is copied again from its accepted step"

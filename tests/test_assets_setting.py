@@ -3,7 +3,9 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+
+from conftest import REFERENCE, REPO
 
 SAMPLE_OF_TESTS = ["tests/test_schema.py", "tests/test_check.py", "tests/test_graph.py", "tests/test_fold.py"]
 FASHION_TEST = "tests/test_train.py::test_short_training_of_the_reference_net_learns_and_writes_a_caffemodel_opencv_runs"
@@ -32,6 +34,8 @@ def test_hidden_assets_skip_with_a_reason_instead_of_failing(tmp_path):
     assert f"{empty / 'real-models' / 'landmark106_dq' / 'landmark106'} is missing" in reasons  # a module constant
 
 
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"{REFERENCE} is missing: the training test would skip for it "
+                    "before it looks for Fashion-MNIST")
 def test_missing_fashion_mnist_skips_the_training_test_that_reads_it_through_a_helper(tmp_path):
     done = run_hidden(tmp_path, FASHION_TEST, assets=False)
     assert done.returncode == 0 and "1 skipped" in done.stdout, done.stdout[-3000:]

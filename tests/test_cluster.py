@@ -26,8 +26,14 @@ from conftest import FASHION_MNIST, REPO
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'caffe-surgery[cluster]')")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.skipif(not FASHION_MNIST.is_dir(),
-                                                  reason="Debian package dataset-fashion-mnist not installed")]
+IN_CHILD = os.environ.get("CAFFE_SURGERY_RAY_CHILD") == "1"
+"""Set by tests/test_cluster_child.py, which runs this module in a pytest of its own: a Ray process that dies
+takes the driver with it (Ray ends a driver whose raylet or GCS is gone with exit status 1), and it must
+end that child run only."""
+
+pytestmark = [pytest.mark.ray,
+              pytest.mark.skipif(not IN_CHILD, reason="runs in a child pytest (tests/test_cluster_child.py)"),
+              pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")]
 
 SAMPLE = REPO / "samples" / "lenet_maxout.prototxt"
 SAMPLE_WEIGHTS = REPO / "samples" / "lenet_maxout.caffemodel"

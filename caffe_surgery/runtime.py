@@ -82,9 +82,8 @@ class Runner:
             if len(self.inputs) != 1:
                 raise CaffeSurgeryError(f"the net has inputs {', '.join(self.inputs)}; pass a dict of arrays")
             inputs = {next(iter(self.inputs)): inputs}
-        missing = sorted(set(self.inputs) - set(inputs))
-        extra = sorted(set(inputs) - set(self.inputs))
-        if missing or extra:
+        if inputs.keys() != self.inputs.keys():
+            missing, extra = sorted(self.inputs.keys() - inputs.keys()), sorted(inputs.keys() - self.inputs.keys())
             raise CaffeSurgeryError(f"inputs must be exactly {', '.join(self.inputs)} "
                                     f"(missing: {', '.join(missing) or '-'}; unknown: {', '.join(extra) or '-'})")
         feeds = {}

@@ -158,32 +158,32 @@ def _check_positive(out: list[int], bottom: Shape) -> None:
 
 
 def _convolution(layer: Layer, bottoms: list[Shape]) -> Rule:
-    c = _conv_setup(layer, bottoms)
-    shape = bottoms[0]
-    spatial = shape[c.axis + 1:]
-    out = [(size + 2 * p - (d * (k - 1) + 1)) // s + 1
-           for size, k, s, p, d in zip(spatial, c.kernel, c.stride, c.pad, c.dilation)]
-    _check_positive(out, shape)
-    top = shape[:c.axis] + (c.num_output,) + tuple(out)
-    params = [(c.num_output, c.channels // c.group, *c.kernel)]
-    if layer.param.convolution_param.bias_term:
-        params.append((c.num_output,))
-    macs = prod(shape[:c.axis]) * c.num_output * prod(out) * (c.channels // c.group) * prod(c.kernel)
-    return Rule([top] * len(bottoms), params, macs * len(bottoms))
+    return _filter_rule(layer, bottoms, transposed=False)
 
 
 def _deconvolution(layer: Layer, bottoms: list[Shape]) -> Rule:
+    return _filter_rule(layer, bottoms, transposed=True)
+
+
+def _filter_rule(layer: Layer, bottoms: list[Shape], transposed: bool) -> Rule:
+    """Convolution's or Deconvolution's (``transposed``) tops, weight shapes and MACs; each bottom is
+    filtered alike. A deconvolution's MACs are those of the convolution it transposes."""
     c = _conv_setup(layer, bottoms)
     shape = bottoms[0]
     spatial = shape[c.axis + 1:]
-    out = [s * (size - 1) + d * (k - 1) + 1 - 2 * p
-           for size, k, s, p, d in zip(spatial, c.kernel, c.stride, c.pad, c.dilation)]
+    geometry = list(zip(spatial, c.kernel, c.stride, c.pad, c.dilation))
+    if transposed:
+        out = [s * (size - 1) + d * (k - 1) + 1 - 2 * p for size, k, s, p, d in geometry]
+    else:
+        out = [(size + 2 * p - (d * (k - 1) + 1)) // s + 1 for size, k, s, p, d in geometry]
     _check_positive(out, shape)
     top = shape[:c.axis] + (c.num_output,) + tuple(out)
-    params = [(c.channels, c.num_output // c.group, *c.kernel)]
+    rows, columns = (c.channels, c.num_output) if transposed else (c.num_output, c.channels)
+    params = [(rows, columns // c.group, *c.kernel)]
     if layer.param.convolution_param.bias_term:
         params.append((c.num_output,))
-    macs = prod(shape[:c.axis]) * c.channels * prod(spatial) * (c.num_output // c.group) * prod(c.kernel)
+    positions = prod(spatial) if transposed else prod(out)
+    macs = prod(shape[:c.axis]) * rows * positions * (columns // c.group) * prod(c.kernel)
     return Rule([top] * len(bottoms), params, macs * len(bottoms))
 
 

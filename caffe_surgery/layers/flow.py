@@ -459,6 +459,11 @@ def _augmentation_channels(builder, layer, bottoms) -> None:
             f"output of DataAugmentation '{layer.name}'")
 
 
+def _opencv_misreads_per_pixel(layer: Layer) -> bool:
+    words = [raw.lower() for key, raw in augmentation_param(layer)[0].entries if key == "mean_per_pixel"]
+    return not words or words[-1] == "true"
+
+
 def _opencv_ignores_the_stored_mean(layer: Layer) -> bool:
     return bool(layer.blobs) and _recompute_mean(layer) > 0 and _mean_source(layer, layer.blobs) == "stored"
 
@@ -490,8 +495,8 @@ declare(
                                               for name in ("crop_width", "crop_height"))),
                   Departure("OpenCV's DataAugmentation needs recompute_mean > 0 and the three mean blobs",
                             lambda layer: _recompute_mean(layer) <= 0),
-                  Departure("OpenCV's DataAugmentation defaults mean_per_pixel to false (the fork: true)",
-                            lambda layer: not augmentation_param(layer)[0].has("mean_per_pixel")),
+                  Departure("OpenCV's DataAugmentation defaults mean_per_pixel to false (the fork: true) and "
+                            "reads it only as a number (mean_per_pixel: true gives garbage)", _opencv_misreads_per_pixel),
                   Departure("OpenCV's DataAugmentation always subtracts the mean of the batch it is given (it "
                             "ignores the stored mean and iteration count)", _opencv_ignores_the_stored_mean))),
 )

@@ -19,6 +19,7 @@ from caffe_surgery.runtime import Runtime
 from netgen import CORPUS, Feed, generate, write_net
 from test_detection_types import _assert_prune_is_exact
 from test_export import assert_close, run_onnx
+from test_layer_types import run
 
 
 def _inputs(feeds: dict[str, Feed]) -> str:
@@ -131,6 +132,12 @@ def fork_correlation(p, a, b):
     return top
 
 
+def bilinear(x, top, left, bottom, right, fy, fx):
+    """The fork's bilinear sample from the four neighbours (x's last two axes are rows and columns)."""
+    return ((1 - fx) * (1 - fy) * x[..., top, left] + fx * (1 - fy) * x[..., top, right]
+            + (1 - fx) * fy * x[..., bottom, left] + fx * fy * x[..., bottom, right])
+
+
 def fork_accum_resize(x, height, width):
     """The fork's Accum sampling of one bottom: aligned corners, bilinear."""
     n, c, h, w = x.shape
@@ -139,10 +146,7 @@ def fork_accum_resize(x, height, width):
         for xo in range(width):
             ypos, xpos = yo / (height - 1) * (h - 1), xo / (width - 1) * (w - 1)
             ty, tx = int(math.floor(ypos)), int(math.floor(xpos))
-            fy, fx = ypos - ty, xpos - tx
-            ty1, tx1 = min(ty + 1, h - 1), min(tx + 1, w - 1)
-            out[:, :, yo, xo] = ((1 - fx) * (1 - fy) * x[:, :, ty, tx] + fx * (1 - fy) * x[:, :, ty, tx1]
-                                 + (1 - fx) * fy * x[:, :, ty1, tx] + fx * fy * x[:, :, ty1, tx1])
+            out[:, :, yo, xo] = bilinear(x, ty, tx, min(ty + 1, h - 1), min(tx + 1, w - 1), ypos - ty, xpos - tx)
     return out
 
 
@@ -155,10 +159,8 @@ def fork_flow_warp(image, flow, fill):
                 x2, y2 = x + flow[i, 0, y, x], y + flow[i, 1, y, x]
                 if 0 <= x2 < w and 0 <= y2 < h:
                     left, top = int(x2), int(y2)
-                    right, bottom = min(left + 1, w - 1), min(top + 1, h - 1)
-                    a, b = x2 - left, y2 - top
-                    out[i, :, y, x] = ((1 - a) * (1 - b) * image[i, :, top, left] + a * (1 - b) * image[i, :, top, right]
-                                       + (1 - a) * b * image[i, :, bottom, left] + a * b * image[i, :, bottom, right])
+                    out[i, :, y, x] = bilinear(image[i], top, left, min(top + 1, h - 1), min(left + 1, w - 1),
+                                               y2 - top, x2 - left)
     return out
 
 
@@ -171,9 +173,7 @@ def fork_crop(image, height, width):
             xpos = min(max(np.float32(x - 0.5 * width + 0.5 * w), 0.0), w - 1.05)
             ypos = min(max(np.float32(y - 0.5 * height + 0.5 * h), 0.0), h - 1.05)
             tx, ty = int(math.floor(xpos)), int(math.floor(ypos))
-            fx, fy = xpos - tx, ypos - ty
-            out[:, :, y, x] = ((1 - fx) * (1 - fy) * image[:, :, ty, tx] + fx * (1 - fy) * image[:, :, ty, tx + 1]
-                               + (1 - fx) * fy * image[:, :, ty + 1, tx] + fx * fy * image[:, :, ty + 1, tx + 1])
+            out[:, :, y, x] = bilinear(image, ty, tx, ty + 1, tx + 1, ypos - ty, xpos - tx)
     return out
 
 
@@ -282,9 +282,8 @@ def test_flow_warp_needs_opset_16(tmp_path):
 def test_bad_flow_layers_stop_with_one_line(layer, problem, tmp_path, capsys):
     prototxt = tmp_path / "bad.prototxt"
     prototxt.write_text(_inputs(_two((1, 3, 6, 6))) + f'layer {{ name: "x" {layer} top: "x" }}\n')
-    assert main(["info", str(prototxt)]) == 1
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"error: {prototxt}: x: {problem}")
+    code, _, err = run(capsys, "info", prototxt)
+    assert code == 1 and err.startswith(f"error: {prototxt}: x: {problem}") and len(err.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------ torch, info, check, prune

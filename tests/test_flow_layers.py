@@ -334,7 +334,10 @@ PRUNE_NET = """
 layer { name: "conv0" type: "Convolution" bottom: "img" top: "conv0" convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
 layer { name: "warp" type: "FlowWarp" bottom: "conv0" bottom: "flow" top: "warp" }
 layer { name: "conv1" type: "Convolution" bottom: "warp" top: "conv1" convolution_param { num_output: 6 kernel_size: 3 stride: 2 } }
-layer { name: "corr_a" type: "Convolution" bottom: "img" top: "corr_a" convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "pre" type: "Convolution" bottom: "img" top: "pre" convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "aug" type: "DataAugmentation" bottom: "pre" top: "aug"
+  augmentation_param { recompute_mean: 100 mean_per_pixel: false } }
+layer { name: "corr_a" type: "Convolution" bottom: "aug" top: "corr_a" convolution_param { num_output: 6 kernel_size: 1 } }
 layer { name: "corr" type: "Correlation" bottom: "corr_a" bottom: "warp" top: "corr"
   correlation_param { kernel_size: 1 max_displacement: 1 pad: 1 } }
 layer { name: "accum" type: "Accum" bottom: "conv1" bottom: "corr" top: "accum" accum_param { top_height: 9 top_width: 9 } }
@@ -344,8 +347,9 @@ PRUNE_FEEDS = {"img": Feed((1, 3, 7, 7)), "flow": Feed((1, 2, 7, 7), -2.0, 2.0)}
 
 
 def test_prune_goes_through_flow_warp_and_accum_and_pins_correlation(tmp_path, capsys):
-    """conv1's filters go through Accum's offsets into head; Correlation pins what it reads, with its reason
-    (info --groups), and so FlowWarp's image; the pruned net equals the masked one in OpenCV and onnxruntime."""
+    """conv1's filters go through Accum's offsets into head; Correlation and DataAugmentation pin what they
+    read, with their reasons (info --groups), and so FlowWarp's image; the pruned net equals the masked one in
+    OpenCV and onnxruntime."""
     text = _inputs(PRUNE_FEEDS) + PRUNE_NET
     net, pruned = _assert_prune_is_exact(text, PRUNE_FEEDS, "head", tmp_path)
     assert pruned.layer("conv1").blobs[0].shape[0] < 6
@@ -356,6 +360,20 @@ def test_prune_goes_through_flow_warp_and_accum_and_pins_correlation(tmp_path, c
     assert "read by Correlation 'corr', which averages over all its channels" in groups["corr_a"]["pinned"]
     assert "read by Correlation 'corr', which averages over all its channels" in groups["conv0"]["pinned"]
     assert "read by FlowWarp 'warp' as the flow's x and y" not in groups["conv0"]["pinned"]
+    assert groups["pre"]["pinned"] == ["read by DataAugmentation 'aug', which augments whole images"]
+
+
+def test_dynamic_batch_export_matches_a_fixed_batch(tmp_path):
+    """Every flow type follows the batch: batch 3 through a dynamic-batch export equals a batch-3 export."""
+    generated = generate("flownet", tmp_path)
+    dynamic = load_model(generated.prototxt, generated.caffemodel)
+    shapes = {name: (3,) + feed.shape[1:] for name, feed in generated.feeds.items()}
+    fixed = load_model(generated.prototxt, generated.caffemodel, input_shapes=shapes)
+    rng = np.random.default_rng(4)
+    feeds = {name: Feed(shapes[name], feed.low, feed.high).sample(rng) for name, feed in generated.feeds.items()}
+    expected = run_onnx(export_onnx(fixed.net, fixed.shapes), feeds)
+    for key, value in run_onnx(export_onnx(dynamic.net, dynamic.shapes, dynamic_batch=True), feeds).items():
+        assert_close(value, expected[key], key)
 
 
 def test_the_corpus_net_holds_every_flow_type():

@@ -27,6 +27,11 @@ the mean subtraction: with ``recompute_mean`` R > 0 its blobs hold the iteration
 most R the fork first folds the batch's mean into the stored one (from a count of 0 the mean is the batch's
 own), else the stored mean is used. The mean subtracted is per pixel (``mean_per_pixel``, default true) or
 per channel. With R = 0, three ``mean`` values (not per pixel) are subtracted per channel, else nothing.
+
+Where OpenCV 4.x departs from the fork, the declarations say so (``departures``). Beyond those, OpenCV gets
+batches larger than 1 wrong for two of them, which a layer cannot show: its Accum writes each bottom's part
+as one block as if the batch were 1, and its DataAugmentation scales its input by 1 / batch in place and
+subtracts a per-channel mean from the first image only; comparisons with OpenCV use batch 1.
 """
 from __future__ import annotations
 
@@ -93,7 +98,8 @@ def _correlation_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
         fail(f"Correlation needs two bottoms of one shape, got {first} and {second}")
     _, channels, height, width = correlation_geometry(layer, first)
     kernel = correlation_param(layer)["kernel_size"]
-    return Rule([(first[0], channels, height, width)], macs=first[0] * channels * height * width * kernel ** 2 * first[1])
+    macs = first[0] * channels * height * width * kernel ** 2 * first[1]  # one dot product per top value
+    return Rule([(first[0], channels, height, width)], macs=macs)
 
 
 def _displacements(layer: Layer) -> list[tuple[int, int]]:
@@ -496,7 +502,8 @@ declare(
                   Departure("OpenCV's DataAugmentation needs recompute_mean > 0 and the three mean blobs",
                             lambda layer: _recompute_mean(layer) <= 0),
                   Departure("OpenCV's DataAugmentation defaults mean_per_pixel to false (the fork: true) and "
-                            "reads it only as a number (mean_per_pixel: true gives garbage)", _opencv_misreads_per_pixel),
+                            "reads it only as a number (mean_per_pixel: true gives garbage)",
+                            _opencv_misreads_per_pixel),
                   Departure("OpenCV's DataAugmentation always subtracts the mean of the batch it is given (it "
                             "ignores the stored mean and iteration count)", _opencv_ignores_the_stored_mean))),
 )

@@ -104,8 +104,13 @@ def _positive(shapes, rng):
     return [rng.uniform(0.5, 2.0, shape) for shape in shapes]
 
 
+def _fresh_augmentation(shapes, rng):
+    """A DataAugmentation that has not run yet: iteration count 0 (its stored means are then replaced)."""
+    return [np.zeros(shapes[0])] + [rng.standard_normal(shape) for shape in shapes[1:]]
+
+
 WEIGHT_RULES: dict[str, WeightRule] = {"BatchNorm": _batch_norm, "PReLU": _slopes, "Normalize": _positive,
-                                       "Region": _positive}
+                                       "Region": _positive, "DataAugmentation": _fresh_augmentation}
 """Layer types whose blobs need more than fan-in scaled normal values."""
 
 
@@ -521,5 +526,19 @@ layer { name: "split" type: "Split" bottom: "data" top: "b" top: "c" top: "d" }
 layer { name: "shrink" type: "Interp" bottom: "b" top: "shrink" interp_param { shrink_factor: 2 } }
 layer { name: "crop_zoom" type: "Interp" bottom: "c" top: "crop_zoom" interp_param { zoom_factor: 2 pad_beg: -1 pad_end: -2 } }
 layer { name: "shrink_zoom" type: "Interp" bottom: "d" top: "shrink_zoom" interp_param { shrink_factor: 3 zoom_factor: 2 } }
+"""),
+    # FlowNet's fork layers in the forms OpenCV computes as the fork does (batch 1: OpenCV's Accum and
+    # DataAugmentation mishandle larger batches): the batch-mean subtraction of a fresh DataAugmentation,
+    # a strided Correlation, a FlowWarp whose flow leaves the image, Accum to a given size.
+    "flownet": _spec({"img0": Feed((1, 3, 9, 8)), "img1": Feed((1, 3, 9, 8)), "flow": Feed((1, 2, 9, 8), -3.0, 3.0)}, """
+layer { name: "aug" type: "DataAugmentation" bottom: "img0" top: "aug"
+  augmentation_param { recompute_mean: 1000 mean_per_pixel: false } }
+layer { name: "conv0" type: "Convolution" bottom: "aug" top: "conv0" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "conv1" type: "Convolution" bottom: "img1" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "corr" type: "Correlation" bottom: "conv0" bottom: "conv1" top: "corr"
+  correlation_param { pad: 3 kernel_size: 3 max_displacement: 4 stride_1: 2 stride_2: 2 } }
+layer { name: "warp" type: "FlowWarp" bottom: "conv1" bottom: "flow" top: "warp" }
+layer { name: "pool" type: "Pooling" bottom: "warp" top: "pool" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "accum" type: "Accum" bottom: "pool" bottom: "corr" top: "accum" accum_param { top_height: 11 top_width: 10 } }
 """),
 }

@@ -1,7 +1,7 @@
 """One declaration per Caffe layer type, with every facet of it (see ``registry``).
 
 Built-in types live in one module per family (convolution, pooling, activation,
-normalization, arithmetic, tensor, recurrent, detection, yolo, data, loss, resize) and load on
+normalization, arithmetic, tensor, recurrent, detection, yolo, data, loss, resize, flow) and load on
 the first lookup; plugins add types with the same API (``plugins``). Importing
 this package imports neither the families nor torch.
 """

@@ -35,7 +35,7 @@ KINDS = (LAYER, DATA, TRAINING_ONLY)
 TRAINING_ONLY (losses, Accuracy, Silence) is left out of deploy graphs."""
 
 FAMILIES = ("convolution", "pooling", "activation", "normalization", "arithmetic", "tensor",
-            "recurrent", "detection", "yolo", "data", "loss", "resize")
+            "recurrent", "detection", "yolo", "data", "loss", "resize", "flow")
 """The built-in family modules of ``caffe_surgery.layers``."""
 
 

@@ -1,5 +1,5 @@
 """Scale, Bias and Eltwise; OpenCV's Reduce (one axis or all, read from a fork ``reduce_param``) and Shift
-(a learned bias laid over the leading axes its size fills, as OpenCV's ScaleLayer lays it from axis 0)."""
+(a learned bias per sample and channel: OpenCV's ScaleLayer lays it from axis 0)."""
 from __future__ import annotations
 
 from math import prod
@@ -315,53 +315,36 @@ def _reduce_op(layer, bottoms, phase):
 # ------------------------------------------------------------------ OpenCV's Shift
 
 
-def shift_axes(layer: Layer, shape: Shape) -> int:
-    """How many leading axes of ``shape`` Shift's blob spans: the fewest (at least one) whose sizes
-    multiply to its count, as OpenCV lays it; a layer without a blob yet takes one per sample and channel."""
-    if not layer.blobs:
-        return min(2, len(shape))
-    count = layer.blobs[0].size
-    for axes in range(1, len(shape) + 1):
-        if prod(shape[:axes]) == count:
-            return axes
-    fail(f"Shift's blob of {count} values fills no leading axes of the bottom {shape}")
-
-
 def _shift_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
-    """The bottom's shape; one learned blob of ``shift_axes`` leading axes (its own shape when loaded)."""
+    """The bottom's shape; one learned blob of N * C values (C at batch 1), one per sample and channel:
+    OpenCV lays the blob over the fewest leading axes its count fills, here the batch and channel axes
+    (the blob's size is all a caffemodel tells, so the other layouts OpenCV would also take are refused)."""
     shape = bottoms[0]
-    axes = shift_axes(layer, shape)
-    return Rule([shape], [tuple(layer.blobs[0].shape) if layer.blobs else shape[:axes]])
-
-
-def _shift_operand(layer: Layer, shape: Shape, blob):
-    """The blob shaped to broadcast against the bottom."""
-    axes = shift_axes(layer, shape)
-    return blob.reshape(tuple(shape[:axes]) + (1,) * (len(shape) - axes))
+    if len(shape) < 2:
+        fail(f"Shift needs a bottom with batch and channel axes, got {shape}")
+    return Rule([shape], [(shape[0] * shape[1],)])
 
 
 def shift(ctx: LayerContext) -> None:
-    """x + the blob over its leading axes (which always include the batch axis: batch-dependent)."""
+    """x + the blob laid over the batch and channel axes (batch-dependent, as OpenCV lays it)."""
     (blob,) = ctx.weights(1)
     if ctx.builder.dynamic_batch:
         ctx.batch_dependent("OpenCV lays Shift's blob from the batch axis, so what it spans depends on the batch")
-    ctx.node("Add", [ctx.bottom(), ctx.const(_shift_operand(ctx.layer, ctx.bottom_shape(), blob), "shift")],
-             ctx.top())
+    shape = ctx.bottom_shape()
+    ctx.node("Add", [ctx.bottom(), ctx.const(blob.reshape(shape[:2] + (1,) * (len(shape) - 2)), "shift")], ctx.top())
 
 
 def _rewrite_shift(s, layer: Layer, param, blobs):
-    """A blob spanning the channel axis loses the removed channels' entries (laid out as the leading axes)."""
-    shape = s.shapes.blob(layer.bottoms[0])
-    axes = shift_axes(layer, shape)
+    """The blob loses the removed channels' entries (of every sample)."""
     kept = s.blob_positions(layer.bottoms[0])
-    if kept is None or axes < 2:
+    if kept is None:
         return blobs
-    return [s.take(blobs[0].reshape(shape[:axes]), kept, 1)]
+    shape = s.shapes.blob(layer.bottoms[0])
+    return [s.take(blobs[0].reshape(shape[:2]), kept, 1).reshape(-1)]
 
 
 def _shift_op(layer, bottoms, phase):
-    shape = bottoms[0]
-    view = tuple(shape[:shift_axes(layer, shape)]) + (1,) * (len(shape) - shift_axes(layer, shape))
+    view = tuple(bottoms[0][:2]) + (1,) * (len(bottoms[0]) - 2)
     return lambda x, blobs: [x[0] + blobs[0].reshape(view)]
 
 

@@ -1,11 +1,20 @@
-"""Recurrent layers: RNN, LSTM and LSTMUnit (shapes; pinned for pruning; not exported)."""
+"""Recurrent layers: RNN, LSTM and LSTMUnit (shapes; pinned for pruning; not exported), and OpenCV's GRU.
+
+OpenCV's GRU (probed against numpy): a (T, N, I) bottom, blobs Wh (3H, H), Wx (3H, I), bias (6H: the input
+biases, then the hidden ones) and h0 (N, H), gates in the order update z, reset r, new n;
+``n = tanh(Wx_n x + b_n + r * (Wh_n h + bh_n))`` (ONNX's linear_before_reset), ``h' = (1 - z) n + z h``;
+the top is every step's h, (T, N, H). The hidden size comes from the blobs in OpenCV; the prototxt gives it
+here as ``recurrent_param.num_output`` (which OpenCV ignores).
+"""
 from __future__ import annotations
 
 from math import prod
 
+from ..export.context import LayerContext
 from ..graph import Layer
 from .channels import PIN
-from .registry import LayerType, NotApplicable, declare
+from .fork_params import fork_param
+from .registry import LayerType, NotApplicable, Train, declare
 from .shape_rules import Rule, Shape, fail
 
 
@@ -60,6 +69,57 @@ def _lstm_unit(layer: Layer, bottoms: list[Shape]) -> Rule:
     return Rule([c_prev, c_prev])
 
 
+def _gru_hidden(layer: Layer) -> int:
+    if fork_param(layer.param, "gru_param", {"bidirectional": 0})["bidirectional"]:
+        fail("a bidirectional GRU is not supported")
+    hidden = layer.param.recurrent_param.num_output
+    if hidden <= 0:
+        fail("GRU needs recurrent_param.num_output, its hidden size (OpenCV reads it from the blobs)")
+    return hidden
+
+
+def _gru(layer: Layer, bottoms: list[Shape]) -> Rule:
+    """(T, N, I) -> (T, N, H); blobs Wh (3H, H), Wx (3H, I), bias (6H,), h0 (N, H)."""
+    x = bottoms[0]
+    if len(x) != 3:
+        fail(f"GRU needs a (T, N, I) bottom, got {x}")
+    t, n, i = x
+    h = _gru_hidden(layer)
+    return Rule([(t, n, h)], [(3 * h, h), (3 * h, i), (6 * h,), (n, h)], t * n * 3 * h * (i + h))
+
+
+def gru(ctx: LayerContext) -> None:
+    """ONNX GRU (gates z, r, h; linear_before_reset), its (T, 1, N, H) output squeezed to (T, N, H); h0 has
+    one row per sample, so the batch is fixed."""
+    wh, wx, bias, h0 = ctx.weights(4)
+    if ctx.builder.dynamic_batch:
+        ctx.batch_dependent("GRU's h0 blob has one row per sample")
+    hidden = wh.shape[1]
+    y = ctx.node("GRU", [ctx.bottom(), ctx.const(wx[None], "W"), ctx.const(wh[None], "R"),
+                         ctx.const(bias.reshape(1, -1), "B"), "", ctx.const(h0[None], "initial_h")],
+                 hidden_size=hidden, linear_before_reset=1)
+    ctx.node("Squeeze", [y, ctx.ints([1], "axes")], ctx.top())
+
+
+def _gru_op(layer, bottoms, phase):
+    import torch
+    hidden = _gru_hidden(layer)
+
+    def run(x, blobs):
+        wh, wx, bias, h = blobs
+        gates_x = x[0] @ wx.t() + bias[:3 * hidden]
+        steps = []
+        for gx in gates_x:
+            gh = h @ wh.t() + bias[3 * hidden:]
+            z = torch.sigmoid(gx[:, :hidden] + gh[:, :hidden])
+            r = torch.sigmoid(gx[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
+            candidate = torch.tanh(gx[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+            h = (1 - z) * candidate + z * h
+            steps.append(h)
+        return [torch.stack(steps)]
+    return run
+
+
 _NOT_EXPORTED = NotApplicable("no ONNX converter is written for recurrent layers")
 _PINNED = NotApplicable("it mixes channels over time (pinned)")
 _NO_TORCH = NotApplicable("no torch op is written for it yet")
@@ -71,4 +131,5 @@ declare(
               bottoms=(2, 5), tops=(1, 3)),
     LayerType("LSTMUnit", shape=_lstm_unit, export=_NOT_EXPORTED, channels=PIN, rewrite=_PINNED, train=_NO_TORCH,
               bottoms=3, tops=2),
+    LayerType("GRU", shape=_gru, export=gru, channels=PIN, rewrite=_PINNED, train=Train(_gru_op)),
 )

@@ -257,6 +257,8 @@ def reduce_settings(layer: Layer, ndim: int) -> tuple[str, list[int], bool]:
         fail(f"reduce_param.reduce must be one of {', '.join(REDUCE_OPS)}, got {p['reduce']!r}")
     if len(p.values("axes", int)) > 1:
         fail("reduce_param gives several axes; OpenCV keeps only the last (give one, or none for every axis)")
+    if p["axes"] < 0:
+        fail(f"reduce_param.axes {p['axes']} must not be negative (OpenCV drops the minus sign of a fork value)")
     if p["keepdims"] not in (0, 1):
         fail(f"reduce_param.keepdims must be 0 or 1, got {p['keepdims']}")
     axes = [canonical_axis(p["axes"], ndim)] if p.has("axes") else list(range(ndim))

@@ -165,11 +165,12 @@ def _crop_size(layer: Layer) -> tuple[int, int]:
 def _crop_and_resize_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
     """(R, C, height, width): one crop per box row (R rows of 7: image, label, score, x1, y1, x2, y2)."""
     image, boxes = bottoms
+    size = _crop_size(layer)
     if len(image) != 4 or image[0] != 1:
         fail(f"CropAndResize needs one (1, C, H, W) image (OpenCV runs one), got {image}")
     if not boxes or boxes[-1] != 7:
         fail(f"CropAndResize needs box rows of 7 values, got {boxes}")
-    return Rule([(prod(boxes[:-1]), image[1], *_crop_size(layer))])
+    return Rule([(prod(boxes[:-1]), image[1], *size)])
 
 
 def crop_and_resize(ctx: LayerContext) -> None:

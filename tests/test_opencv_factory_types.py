@@ -2,6 +2,7 @@
 CropAndResize): each on a generated net, exported and run in onnxruntime against OpenCV's Caffe importer
 (numpy where OpenCV departs), through info/check, pruning and torch; and Padding, which no Caffe file can
 configure in OpenCV."""
+import dataclasses
 import json
 
 import cv2
@@ -199,6 +200,42 @@ def test_info_and_check_read_the_net(name, tmp_path, capsys):
         assert rows[layer.name][1] == layer.type and shape in rows[layer.name], rows[layer.name]
     code, out, err = run(capsys, "check", net.prototxt, "-w", net.caffemodel)
     assert code == 0 and out.startswith("ok:"), out + err
+
+
+FORK_BLOCKS = {"resize": "resize_param", "reduce": "reduce_param", "max_unpool": "unpool_param",
+               "crop_and_resize": "crop_and_resize_param"}
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_upgrade_keeps_the_fork_blocks_and_opencv_reads_the_result_alike(name, tmp_path, capsys):
+    net = generated(name, tmp_path)
+    code, _, err = run(capsys, "upgrade", net.prototxt, tmp_path / "up.prototxt", "-w", net.caffemodel,
+                       "-o", tmp_path / "up.caffemodel")
+    assert code == 0, err
+    written = (tmp_path / "up.prototxt").read_text()
+    assert written.count(FORK_BLOCKS.get(name, "type:")) == net.prototxt.read_text().count(FORK_BLOCKS.get(name, "type:"))
+    feeds = draw(name, net)
+    names = [layer.name for layer in tapped_layers(load_model(net.prototxt))]
+    before = opencv_forward(net, feeds, names)
+    after = opencv_forward(dataclasses.replace(net, prototxt=tmp_path / "up.prototxt",
+                                               caffemodel=tmp_path / "up.caffemodel"), feeds, names)
+    for layer in names:
+        assert np.array_equal(before[layer], after[layer]), layer
+
+
+@pytest.mark.parametrize("name", ["max_unpool", "reduce", "shift"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "opencv"])
+def test_compare_runs_the_net_against_its_upgrade_on_both_backends(name, backend, tmp_path, capsys):
+    net = generated(name, tmp_path)
+    np.save(tmp_path / "data.npy", np.concatenate([draw(name, net, seed)["data"] for seed in range(3)]))
+    assert run(capsys, "upgrade", net.prototxt, tmp_path / "up.prototxt", "-w", net.caffemodel,
+               "-o", tmp_path / "up.caffemodel")[0] == 0
+    code, out, err = run(capsys, "compare", "--backend", backend, net.prototxt, net.caffemodel,
+                         tmp_path / "up.prototxt", tmp_path / "up.caffemodel", "--data", f"npy:{tmp_path / 'data.npy'}",
+                         "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["passed"] and report["blobs"] and all(b["max_abs"] <= 1e-5 for b in report["blobs"])
 
 
 PRUNE_NETS = {

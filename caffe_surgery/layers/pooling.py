@@ -179,6 +179,8 @@ def crop_and_resize(ctx: LayerContext) -> None:
     whose grid is 2 * that - 1, over the image repeated once per box."""
     if ctx.builder.opset < 16:
         raise ctx.unsupported(f"in opset {ctx.builder.opset} (GridSample needs 16)")
+    if ctx.builder.dynamic_batch:
+        ctx.batch_dependent("CropAndResize crops one image (OpenCV runs no other batch)")
     rows, channels, height, width = ctx.top_shape()
     boxes = ctx.node("Reshape", [ctx.bottom(1), ctx.ints([rows, 7], "rows")])
 

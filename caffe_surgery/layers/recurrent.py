@@ -89,11 +89,9 @@ def _gru(layer: Layer, bottoms: list[Shape]) -> Rule:
 
 
 def gru(ctx: LayerContext) -> None:
-    """ONNX GRU (gates z, r, h; linear_before_reset), its (T, 1, N, H) output squeezed to (T, N, H); h0 has
-    one row per sample, so the batch is fixed."""
+    """ONNX GRU (gates z, r, h; linear_before_reset), its (T, 1, N, H) output squeezed to (T, N, H) (a dynamic
+    dim 0 is the sequence length; N stays fixed by h0, one row per sequence)."""
     wh, wx, bias, h0 = ctx.weights(4)
-    if ctx.builder.dynamic_batch:
-        ctx.batch_dependent("GRU's h0 blob has one row per sample")
     hidden = wh.shape[1]
     y = ctx.node("GRU", [ctx.bottom(), ctx.const(wx[None], "W"), ctx.const(wh[None], "R"),
                          ctx.const(bias.reshape(1, -1), "B"), "", ctx.const(h0[None], "initial_h")],

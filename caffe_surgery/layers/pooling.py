@@ -127,9 +127,7 @@ def max_unpool(ctx: LayerContext) -> None:
     flat = [n, c, h * w]
     values = ctx.reshape(ctx.bottom(0), flat, keeps_batch=True)
     where = ctx.node("Cast", [ctx.reshape(ctx.bottom(1), flat, keeps_batch=True)], to=TensorProto.INT64)
-    zeros = ctx.node("ConstantOfShape", [ctx.node("Concat", [
-        ctx.node("Slice", [ctx.node("Shape", [ctx.bottom()]), ctx.ints([0], "from"), ctx.ints([2], "to")]),
-        ctx.ints([out[2] * out[3]], "plane")], axis=0)])
+    zeros = ctx.node("ConstantOfShape", [ctx.batch_channels_then(ctx.bottom(), [out[2] * out[3]])])
     scattered = ctx.node("ScatterElements", [zeros, where, values], axis=2)
     ctx.reshape(scattered, out, keeps_batch=True, out=ctx.top())
 

@@ -118,8 +118,7 @@ def interp(ctx: LayerContext) -> None:
     """Crop to the effective input, then ONNX Resize to the output size, linear with align_corners
     (the sizes take N and C from the input, so a dynamic batch keeps its batch)."""
     source = _cropped(ctx)
-    batch_channels = ctx.node("Slice", [ctx.node("Shape", [source]), ctx.ints([0], "from"), ctx.ints([2], "to")])
-    sizes = ctx.node("Concat", [batch_channels, ctx.ints(list(ctx.top_shape()[2:]), "size")], axis=0)
+    sizes = ctx.batch_channels_then(source, ctx.top_shape()[2:])
     ctx.node("Resize", [source, "", "", sizes], ctx.top(), mode="linear",
              coordinate_transformation_mode="align_corners")
 
@@ -207,9 +206,7 @@ def _resize_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
 
 def resize(ctx: LayerContext) -> None:
     """ONNX Resize to the top's H and W (N and C from the input, so a dynamic batch keeps its batch)."""
-    batch_channels = ctx.node("Slice", [ctx.node("Shape", [ctx.bottom()]), ctx.ints([0], "from"),
-                                        ctx.ints([2], "to")])
-    sizes = ctx.node("Concat", [batch_channels, ctx.ints(list(ctx.top_shape()[2:]), "size")], axis=0)
+    sizes = ctx.batch_channels_then(ctx.bottom(), ctx.top_shape()[2:])
     ctx.node("Resize", [ctx.bottom(), "", "", sizes], ctx.top(), **resize_mode(ctx.layer))
 
 

@@ -24,15 +24,6 @@ def _input(name: str, *shape: int) -> str:
     return f'layer {{ name: "{name}" type: "Input" top: "{name}" input_param {{ shape {{ {dims} }} }} }}\n'
 
 
-def _sorted_boxes(feeds: dict) -> dict:
-    """Box rows with x1 <= x2 and y1 <= y2 inside [0, 1] (OpenCV reads outside the image otherwise)."""
-    boxes = feeds["boxes"].copy()
-    rows = boxes.reshape(-1, 7)
-    rows[:, [3, 5]] = np.sort(rows[:, [3, 5]], axis=1)
-    rows[:, [4, 6]] = np.sort(rows[:, [4, 6]], axis=1)
-    return {**feeds, "boxes": boxes}
-
-
 RESIZE = _input("data", 1, 3, 7, 6) + _input("like", 1, 1, 4, 9) + """
 layer { name: "nearest" type: "Resize" bottom: "data" top: "nearest" resize_param { interpolation: nearest height: 5 width: 11 } }
 layer { name: "nearest_corners" type: "Resize" bottom: "data" top: "nearest_corners" resize_param { interpolation: nearest height: 5 width: 11 align_corners: 1 } }
@@ -78,26 +69,24 @@ layer { name: "crop" type: "CropAndResize" bottom: "conv" bottom: "boxes" top: "
 """
 
 NETS = {
-    "resize": (RESIZE, {"data": Feed((1, 3, 7, 6)), "like": Feed((1, 1, 4, 9))}, None),
-    "reduce": (REDUCE, {"data": Feed((2, 3, 4, 5), 0.2, 1.5)}, None),
-    "shift": (SHIFT, {"data": Feed((1, 3, 5, 4))}, None),
-    "gru": (GRU, {"data": Feed((6, 2, 4))}, None),
-    "max_unpool": (MAX_UNPOOL, {"data": Feed((1, 3, 7, 9))}, None),
-    "crop_and_resize": (CROP_AND_RESIZE, {"data": Feed((1, 3, 7, 9)), "boxes": Feed((1, 1, 4, 7), 0.0, 1.0)},
-                        _sorted_boxes),
+    "resize": (RESIZE, {"data": Feed((1, 3, 7, 6)), "like": Feed((1, 1, 4, 9))}),
+    "reduce": (REDUCE, {"data": Feed((2, 3, 4, 5), 0.2, 1.5)}),
+    "shift": (SHIFT, {"data": Feed((1, 3, 5, 4))}),
+    "gru": (GRU, {"data": Feed((6, 2, 4))}),
+    "max_unpool": (MAX_UNPOOL, {"data": Feed((1, 3, 7, 9))}),
+    # Box corners inside [0, 1] (OpenCV reads outside its image otherwise), in either order.
+    "crop_and_resize": (CROP_AND_RESIZE, {"data": Feed((1, 3, 7, 9)), "boxes": Feed((1, 1, 4, 7), 0.0, 1.0)}),
 }
-"""A generated net per type: prototxt text, feeds, and how to fix drawn feeds up (None: as drawn)."""
+"""A generated net per type: prototxt text and feeds."""
 
 
 def generated(name: str, directory, seed: int = 0):
-    text, feeds, _ = NETS[name]
+    text, feeds = NETS[name]
     return write_net(text, directory, name, feeds=feeds, seed=seed)
 
 
 def draw(name: str, net, seed: int = 1) -> dict:
-    fix = NETS[name][2]
-    feeds = net.inputs(np.random.default_rng(seed))
-    return fix(feeds) if fix else feeds
+    return net.inputs(np.random.default_rng(seed))
 
 
 def tapped_layers(model) -> list:
@@ -167,8 +156,8 @@ def test_reduce_over_a_size_one_axis_departs_in_opencv_and_follows_numpy(tmp_pat
 
 
 def test_max_unpool_at_batch_two_matches_opencv_image_by_image(tmp_path):
-    """OpenCV's MaxUnpool runs one image (the declared departure): a batch of two exported at once equals
-    OpenCV's forward of each image alone."""
+    """OpenCV's MaxUnpool runs one image: a batch of two exported at once equals OpenCV's forward of each
+    image alone."""
     text = MAX_UNPOOL.replace("dim: 1 dim: 3 dim: 7 dim: 9", "dim: 2 dim: 3 dim: 7 dim: 9")
     net = write_net(text, tmp_path, feeds={"data": Feed((2, 3, 7, 9))})
     model = load_model(net.prototxt, net.caffemodel)
@@ -284,7 +273,6 @@ def test_pruning_through_the_type_is_exact_against_the_masked_original(name, tmp
     pruned = load_model(tmp_path / "small.prototxt", tmp_path / "small.caffemodel")
     assert pruned.shapes.blob(pruned.net.final("conv1"))[1] == 3
     feeds = net.inputs(np.random.default_rng(4))
-    feeds = _sorted_boxes(feeds) if "boxes" in feeds else feeds
     expected = export_and_run(original, [original.net.final("conv2")], feeds)["conv2"]
     got = export_and_run(pruned, [pruned.net.final("conv2")], feeds)["conv2"]
     assert np.abs(got - expected).max() <= 1e-5 * max(1.0, float(np.abs(expected).max()))

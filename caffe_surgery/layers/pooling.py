@@ -121,7 +121,8 @@ def _max_unpool_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
 
 
 def max_unpool(ctx: LayerContext) -> None:
-    """Zeros with each value written at its mask index in its output plane (ScatterElements)."""
+    """Zeros with each value written at its mask index in its output plane (ScatterElements); any batch
+    (OpenCV runs one image)."""
     n, c, h, w = ctx.bottom_shape()
     out = ctx.top_shape()
     flat = [n, c, h * w]
@@ -174,7 +175,8 @@ def _crop_and_resize_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
 def crop_and_resize(ctx: LayerContext) -> None:
     """TensorFlow's crop_and_resize: output (i, j) samples (y1 + i (y2 - y1) / (h - 1), x1 + j ...) of the
     image bilinearly (normalized corners, H - 1 and W - 1 the last pixel): a GridSample with align_corners
-    whose grid is 2 * that - 1, over the image repeated once per box."""
+    whose grid is 2 * that - 1, over the image repeated once per box. Corners outside [0, 1] sample the
+    border here; OpenCV reads outside its image there (no result to follow)."""
     if ctx.builder.opset < 16:
         raise ctx.unsupported(f"in opset {ctx.builder.opset} (GridSample needs 16)")
     if ctx.builder.dynamic_batch:
@@ -489,11 +491,8 @@ declare(
               train=NotApplicable("no torch op is written for position-sensitive ROI pooling"), bottoms=2),
     LayerType("MaxUnpool", shape=_max_unpool_shape, export=max_unpool, channels=_max_unpool_channels,
               rewrite=NotApplicable("it has no blobs and its params count no channels"),
-              train=Train(_max_unpool_op), bottoms=2,
-              departures=(Departure("OpenCV's MaxUnpool runs one image only (batch 1)"),)),
+              train=Train(_max_unpool_op), bottoms=2),
     LayerType("CropAndResize", shape=_crop_and_resize_shape, export=crop_and_resize,
               channels=_crop_and_resize_channels, rewrite=NotApplicable("it has no blobs and counts no channels"),
-              train=Train(_crop_and_resize_op), bottoms=2,
-              departures=(Departure("OpenCV reads outside the image for box corners outside [0, 1] (its values are "
-                                    "then garbage); the export samples the border there"),)),
+              train=Train(_crop_and_resize_op), bottoms=2),
 )

@@ -51,6 +51,7 @@ layer { name: "shift" type: "Shift" bottom: "conv" top: "shift" }
 
 GRU = _input("data", 6, 2, 4) + """
 layer { name: "gru" type: "GRU" bottom: "data" top: "gru" recurrent_param { num_output: 5 } }
+layer { name: "both_ways" type: "GRU" bottom: "gru" top: "both_ways" recurrent_param { num_output: 3 } gru_param { bidirectional: 1 } }
 """
 
 MAX_UNPOOL = _input("data", 1, 3, 7, 9) + """
@@ -192,7 +193,7 @@ def test_info_and_check_read_the_net(name, tmp_path, capsys):
 
 
 FORK_BLOCKS = {"resize": "resize_param", "reduce": "reduce_param", "max_unpool": "unpool_param",
-               "crop_and_resize": "crop_and_resize_param"}
+               "crop_and_resize": "crop_and_resize_param", "gru": "gru_param"}
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
@@ -342,7 +343,7 @@ def test_torch_op_matches_the_export(name, tmp_path):
         assert_close(got[top.key].detach().numpy(), expected[top.key], f"{name}: {top.key}")
 
 
-@pytest.mark.parametrize("name, layer", [("shift", "shift"), ("gru", "gru")])
+@pytest.mark.parametrize("name, layer", [("shift", "shift"), ("gru", "gru"), ("gru", "both_ways")])
 def test_learned_blobs_get_gradients(name, layer, tmp_path):
     torch = pytest.importorskip("torch")
     from caffe_surgery.graph import TRAIN

@@ -24,18 +24,25 @@ def _input(name: str, *shape: int) -> str:
     return f'layer {{ name: "{name}" type: "Input" top: "{name}" input_param {{ shape {{ {dims} }} }} }}\n'
 
 
-RESIZE = _input("data", 1, 3, 7, 6) + _input("like", 1, 1, 4, 9) + """
-layer { name: "nearest" type: "Resize" bottom: "data" top: "nearest" resize_param { interpolation: nearest height: 5 width: 11 } }
-layer { name: "nearest_corners" type: "Resize" bottom: "data" top: "nearest_corners" resize_param { interpolation: nearest height: 5 width: 11 align_corners: 1 } }
-layer { name: "nearest_half" type: "Resize" bottom: "data" top: "nearest_half" resize_param { interpolation: nearest height: 9 width: 4 half_pixel_centers: 1 } }
-layer { name: "bilinear" type: "Resize" bottom: "data" top: "bilinear" resize_param { interpolation: bilinear height: 5 width: 11 } }
-layer { name: "corners" type: "Resize" bottom: "data" top: "corners" resize_param { interpolation: bilinear height: 13 width: 4 align_corners: 1 } }
-layer { name: "half" type: "Resize" bottom: "data" top: "half" resize_param { interpolation: bilinear height: 1 width: 11 half_pixel_centers: 1 } }
-layer { name: "cv_linear" type: "Resize" bottom: "data" top: "cv_linear" resize_param { interpolation: opencv_linear height: 5 width: 8 } }
-layer { name: "zoom" type: "Resize" bottom: "data" top: "zoom" resize_param { interpolation: bilinear zoom_factor: 1.5 } }
-layer { name: "zoom_xy" type: "Resize" bottom: "data" top: "zoom_xy" resize_param { interpolation: nearest zoom_factor_x: 2 zoom_factor_y: 3 } }
-layer { name: "like_other" type: "Resize" bottom: "data" bottom: "like" top: "like_other" resize_param { interpolation: bilinear } }
-"""
+def _layer(name: str, kind: str, bottoms: str, params: str = "") -> str:
+    """A layer whose top is its name; ``bottoms`` space-separated."""
+    wired = " ".join(f'bottom: "{b}"' for b in bottoms.split())
+    return f'layer {{ name: "{name}" type: "{kind}" {wired} top: "{name}" {params} }}\n'
+
+
+RESIZE = _input("data", 1, 3, 7, 6) + _input("like", 1, 1, 4, 9) + "".join(
+    _layer(name, "Resize", bottoms, f"resize_param {{ {params} }}") for name, bottoms, params in [
+        ("nearest", "data", "interpolation: nearest height: 5 width: 11"),
+        ("nearest_corners", "data", "interpolation: nearest height: 5 width: 11 align_corners: 1"),
+        ("nearest_half", "data", "interpolation: nearest height: 9 width: 4 half_pixel_centers: 1"),
+        ("bilinear", "data", "interpolation: bilinear height: 5 width: 11"),
+        ("corners", "data", "interpolation: bilinear height: 13 width: 4 align_corners: 1"),
+        ("half", "data", "interpolation: bilinear height: 1 width: 11 half_pixel_centers: 1"),
+        ("cv_linear", "data", "interpolation: opencv_linear height: 5 width: 8"),
+        ("zoom", "data", "interpolation: bilinear zoom_factor: 1.5"),
+        ("zoom_xy", "data", "interpolation: nearest zoom_factor_x: 2 zoom_factor_y: 3"),
+        ("like_other", "data like", "interpolation: bilinear"),
+    ])
 
 REDUCE = _input("data", 2, 3, 4, 5) + "".join(
     f'layer {{ name: "{kind.lower()}" type: "Reduce" bottom: "data" top: "{kind.lower()}" '
@@ -231,14 +238,15 @@ def test_compare_runs_the_net_against_its_upgrade_on_both_backends(name, backend
     assert report["passed"] and blobs and all(b["max_abs"] <= 1e-5 for b in blobs)
 
 
+UNPOOL_2X2 = "unpool_param { pool_k_h: 2 pool_k_w: 2 pool_stride_h: 2 pool_stride_w: 2 pool_pad_h: 0 pool_pad_w: 0 }"
+
 PRUNE_NETS = {
-    "resize": 'layer { name: "x" type: "Resize" bottom: "conv1" top: "x" resize_param { interpolation: bilinear height: 9 width: 7 } }',
-    "shift": 'layer { name: "x" type: "Shift" bottom: "conv1" top: "x" }',
-    "reduce": 'layer { name: "x" type: "Reduce" bottom: "conv1" top: "x" reduce_param { reduce: MAX axes: 3 keepdims: 1 } }',
-    "max_unpool": ('layer { name: "p" type: "Pooling" bottom: "conv1" top: "p" top: "m" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
-                   'layer { name: "x" type: "MaxUnpool" bottom: "p" bottom: "m" top: "x" unpool_param { pool_k_h: 2 pool_k_w: 2 '
-                   'pool_stride_h: 2 pool_stride_w: 2 pool_pad_h: 0 pool_pad_w: 0 } }'),
-    "crop_and_resize": 'layer { name: "x" type: "CropAndResize" bottom: "conv1" bottom: "boxes" top: "x" crop_and_resize_param { height: 4 width: 5 } }',
+    "resize": _layer("x", "Resize", "conv1", "resize_param { interpolation: bilinear height: 9 width: 7 }"),
+    "shift": _layer("x", "Shift", "conv1"),
+    "reduce": _layer("x", "Reduce", "conv1", "reduce_param { reduce: MAX axes: 3 keepdims: 1 }"),
+    "max_unpool": ('layer { name: "p" type: "Pooling" bottom: "conv1" top: "p" top: "m" '
+                   'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n' + _layer("x", "MaxUnpool", "p m", UNPOOL_2X2)),
+    "crop_and_resize": _layer("x", "CropAndResize", "conv1 boxes", "crop_and_resize_param { height: 4 width: 5 }"),
 }
 """conv1 (5 channels) -> the type -> conv2: the type carries conv1's channels, so conv1 prunes through it."""
 
@@ -246,9 +254,9 @@ PRUNE_NETS = {
 def _prune_net(name: str) -> str:
     boxes = _input("boxes", 1, 1, 3, 7) if name == "crop_and_resize" else ""
     return (_input("data", 1, 3, 6, 6) + boxes
-            + 'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 5 kernel_size: 3 pad: 1 } }\n'
-            + PRUNE_NETS[name] + '\nlayer { name: "conv2" type: "Convolution" bottom: "x" top: "conv2" '
-            'convolution_param { num_output: 2 kernel_size: 1 } }\n')
+            + _layer("conv1", "Convolution", "data", "convolution_param { num_output: 5 kernel_size: 3 pad: 1 }")
+            + PRUNE_NETS[name]
+            + _layer("conv2", "Convolution", "x", "convolution_param { num_output: 2 kernel_size: 1 }"))
 
 
 @pytest.mark.parametrize("name", sorted(PRUNE_NETS))

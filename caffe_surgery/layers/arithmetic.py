@@ -297,7 +297,7 @@ def _reduce_channels(builder, layer, bottoms) -> None:
 
 def _reduce_op(layer, bottoms, phase):
     import torch
-    op, axes, keepdims = reduce_settings(layer, len(bottoms[0]))
+    op, axes, _ = reduce_settings(layer, len(bottoms[0]))
     reducers = {
         "ReduceMax": lambda x: torch.amax(x, axes, keepdim=True),
         "ReduceMin": lambda x: torch.amin(x, axes, keepdim=True),

@@ -520,6 +520,25 @@ layer { name: "one_row" type: "Interp" bottom: "conv" top: "one_row" interp_para
 layer { name: "up" type: "Upsample" bottom: "data" top: "up" upsample_param { scale: 2 } }
 layer { name: "up3" type: "Upsample" bottom: "up" top: "up3" upsample_param { scale: 3 } }
 """),
+    # OpenCV's factory types read from fork blocks (tests/test_opencv_factory_types.py covers every form);
+    # batch 1, as OpenCV runs MaxUnpool.
+    "opencv_factory": _spec({"data": Feed((1, 3, 7, 6)), "like": Feed((1, 2, 8, 9))}, """
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "bilinear" type: "Resize" bottom: "conv" top: "bilinear" resize_param { interpolation: bilinear height: 5 width: 11 align_corners: 1 } }
+layer { name: "nearest" type: "Resize" bottom: "bilinear" bottom: "like" top: "nearest" resize_param { interpolation: nearest } }
+layer { name: "pool" type: "Pooling" bottom: "nearest" top: "pool" top: "mask" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "unpool" type: "MaxUnpool" bottom: "pool" bottom: "mask" top: "unpool"
+        unpool_param { pool_k_h: 3 pool_k_w: 3 pool_stride_h: 2 pool_stride_w: 2 pool_pad_h: 0 pool_pad_w: 0 } }
+layer { name: "max" type: "Reduce" bottom: "unpool" top: "max" reduce_param { reduce: MAX axes: 3 keepdims: 0 } }
+layer { name: "gru" type: "GRU" bottom: "max" top: "gru" recurrent_param { num_output: 6 } }
+layer { name: "mean" type: "Reduce" bottom: "gru" top: "mean" reduce_param { reduce: MEAN } }
+"""),
+    # Shift's blob and CropAndResize's image tie the batch (one image).
+    "opencv_factory_batch_one": _spec({"data": Feed((1, 3, 7, 9)), "boxes": Feed((1, 1, 3, 7), 0.0, 1.0)}, """
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "shift" type: "Shift" bottom: "conv" top: "shift" }
+layer { name: "crop" type: "CropAndResize" bottom: "shift" bottom: "boxes" top: "crop" crop_and_resize_param { height: 4 width: 5 } }
+"""),
     # Interp forms OpenCV ignores: shrink_factor, negative pads (a crop), shrink then zoom.
     "interp_caffe": _spec({"data": Feed((2, 3, 7, 6))}, """
 layer { name: "split" type: "Split" bottom: "data" top: "b" top: "c" top: "d" }

@@ -144,6 +144,11 @@ class LayerContext:
             return self.node(op, [x, self.ints(axes, "axes")], out, keepdims=int(keepdims))
         return self.node(op, [x], out, axes=list(axes), keepdims=int(keepdims))
 
+    def batch_channels_then(self, x: str, tail: Sequence[int]) -> str:
+        """A shape tensor: ``x``'s own dims 0 and 1 (so a dynamic batch keeps its batch), then ``tail``."""
+        batch_channels = self.node("Slice", [self.node("Shape", [x]), self.ints([0], "from"), self.ints([2], "to")])
+        return self.node("Concat", [batch_channels, self.ints(list(tail), "size")], axis=0)
+
     def unsqueeze(self, x: str, axes: Sequence[int], out: str | None = None) -> str:
         return self.node("Unsqueeze", [x, self.ints(axes, "axes")], out)
 

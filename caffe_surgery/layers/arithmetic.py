@@ -1,4 +1,5 @@
-"""Scale, Bias and Eltwise."""
+"""Scale, Bias and Eltwise; OpenCV's Reduce (one axis or all, read from a fork ``reduce_param``) and Shift
+(a learned bias per sample and channel: OpenCV's ScaleLayer lays it from axis 0)."""
 from __future__ import annotations
 
 from math import prod
@@ -8,7 +9,8 @@ import numpy as np
 from ..caffe_pb2 import EltwiseParameter
 from ..export.context import LayerContext
 from ..graph import Layer
-from .channels import custom, drop_channel_entries, pin_all
+from .channels import PER_CHANNEL, custom, drop_channel_entries, pin_all
+from .fork_params import ForkParam, fork_param
 from .registry import Departure, LayerType, NotApplicable, Train, declare
 from .shape_rules import Rule, Shape, canonical_axis, fail
 
@@ -230,6 +232,124 @@ def _scale_fillers(layer: Layer) -> list:
     return ([] if len(layer.bottoms) == 2 else [scale]) + [p.bias_filler]
 
 
+# ------------------------------------------------------------------ OpenCV's Reduce
+
+REDUCE_DEFAULTS = {"reduce": "", "axes": 0, "keepdims": 1}
+"""The fields OpenCV's Reduce layer reads from a Caffe layer's fork block (``reduce_param``), with defaults
+(no ``axes``: every axis). OpenCV keeps one value of a repeated fork field and reads flags with atoi."""
+
+REDUCE_OPS = {"MAX": "ReduceMax", "MIN": "ReduceMin", "MEAN": "ReduceMean", "SUM": "ReduceSum", "L1": "ReduceL1",
+              "L2": "ReduceL2", "PROD": "ReduceProd", "SUM_SQUARE": "ReduceSumSquare", "LOG_SUM": "ReduceLogSum",
+              "LOG_SUM_EXP": "ReduceLogSumExp"}
+"""OpenCV's reduce types (case-insensitive there) and the ONNX ops computing them."""
+
+
+def reduce_param(layer: Layer) -> ForkParam:
+    """The layer's ``reduce_param`` (a fork block the schema lacks, read from its text)."""
+    return fork_param(layer.param, "reduce_param", REDUCE_DEFAULTS)
+
+
+def reduce_settings(layer: Layer, ndim: int) -> tuple[str, list[int], bool]:
+    """(ONNX op, reduced axes, keepdims) of a Reduce layer over an ``ndim`` bottom."""
+    p = reduce_param(layer)
+    kind = p["reduce"].upper()
+    if kind not in REDUCE_OPS:
+        fail(f"reduce_param.reduce must be one of {', '.join(REDUCE_OPS)}, got {p['reduce']!r}")
+    if len(p.values("axes", int)) > 1:
+        fail("reduce_param gives several axes; OpenCV keeps only the last (give one, or none for every axis)")
+    if p["axes"] < 0:
+        fail(f"reduce_param.axes {p['axes']} must not be negative (OpenCV drops the minus sign of a fork value)")
+    if p["keepdims"] not in (0, 1):
+        fail(f"reduce_param.keepdims must be 0 or 1, got {p['keepdims']}")
+    axes = [canonical_axis(p["axes"], ndim)] if p.has("axes") else list(range(ndim))
+    return REDUCE_OPS[kind], axes, bool(p["keepdims"])
+
+
+def _reduce_not_identity(layer: Layer) -> bool:
+    """A Reduce with a given axis whose type is no identity over a size-1 axis (OpenCV's departure)."""
+    p = reduce_param(layer)
+    return p.has("axes") and p["reduce"].upper() in ("L1", "L2", "SUM_SQUARE", "LOG_SUM", "LOG_SUM_EXP")
+
+
+def _reduce_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
+    """The bottom with the reduced axes set to 1 (keepdims) or dropped."""
+    shape = bottoms[0]
+    _, axes, keepdims = reduce_settings(layer, len(shape))
+    return Rule([tuple(1 if i in axes else d for i, d in enumerate(shape) if keepdims or i not in axes)])
+
+
+def reduce(ctx: LayerContext) -> None:
+    """The ONNX Reduce* op of the layer's reduce type."""
+    op, axes, keepdims = reduce_settings(ctx.layer, len(ctx.bottom_shape()))
+    ctx.reduce(op, ctx.bottom(), axes, keepdims, ctx.top())
+
+
+@custom("reducing other axes than the channels: keeps the channel axis; over the channels (or dropping the "
+        "batch axis before them): pins")
+def _reduce_channels(builder, layer, bottoms) -> None:
+    _, axes, keepdims = reduce_settings(layer, len(builder.shapes.blob(layer.bottoms[0])))
+    if 1 in axes or 0 in axes and not keepdims:
+        where = "the channel axis" if 1 in axes else "the batch axis, moving the channels"
+        pin_all(builder, layer, bottoms, f"Reduce '{layer.name}' reduces {where}", f"output of Reduce '{layer.name}'")
+        return
+    builder.pass_through(layer, bottoms[0], "structure")
+
+
+def _reduce_op(layer, bottoms, phase):
+    import torch
+    op, axes, _ = reduce_settings(layer, len(bottoms[0]))
+    reducers = {
+        "ReduceMax": lambda x: torch.amax(x, axes, keepdim=True),
+        "ReduceMin": lambda x: torch.amin(x, axes, keepdim=True),
+        "ReduceMean": lambda x: x.mean(axes, keepdim=True),
+        "ReduceSum": lambda x: x.sum(axes, keepdim=True),
+        "ReduceL1": lambda x: x.abs().sum(axes, keepdim=True),
+        "ReduceL2": lambda x: x.square().sum(axes, keepdim=True).sqrt(),
+        "ReduceProd": lambda x: x.flatten(min(axes), max(axes)).prod(min(axes), keepdim=True),
+        "ReduceSumSquare": lambda x: x.square().sum(axes, keepdim=True),
+        "ReduceLogSum": lambda x: x.sum(axes, keepdim=True).log(),
+        "ReduceLogSumExp": lambda x: torch.logsumexp(x, axes, keepdim=True),
+    }
+    top = _reduce_shape(layer, bottoms).tops[0]
+    return lambda x, blobs: [reducers[op](x[0]).reshape(top)]
+
+
+# ------------------------------------------------------------------ OpenCV's Shift
+
+
+def _shift_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
+    """The bottom's shape; one learned blob of N * C values (C at batch 1), one per sample and channel:
+    OpenCV lays the blob over the fewest leading axes its count fills, here the batch and channel axes
+    (the blob's size is all a caffemodel tells, so the other layouts OpenCV would also take are refused)."""
+    shape = bottoms[0]
+    if len(shape) < 2:
+        fail(f"Shift needs a bottom with batch and channel axes, got {shape}")
+    return Rule([shape], [(shape[0] * shape[1],)])
+
+
+def shift(ctx: LayerContext) -> None:
+    """x + the blob laid over the batch and channel axes (batch-dependent, as OpenCV lays it)."""
+    (blob,) = ctx.weights(1)
+    if ctx.builder.dynamic_batch:
+        ctx.batch_dependent("OpenCV lays Shift's blob from the batch axis, so what it spans depends on the batch")
+    shape = ctx.bottom_shape()
+    ctx.node("Add", [ctx.bottom(), ctx.const(blob.reshape(shape[:2] + (1,) * (len(shape) - 2)), "shift")], ctx.top())
+
+
+def _rewrite_shift(s, layer: Layer, param, blobs):
+    """The blob loses the removed channels' entries (of every sample)."""
+    kept = s.blob_positions(layer.bottoms[0])
+    if kept is None:
+        return blobs
+    shape = s.shapes.blob(layer.bottoms[0])
+    return [s.take(blobs[0].reshape(shape[:2]), kept, 1).reshape(-1)]
+
+
+def _shift_op(layer, bottoms, phase):
+    view = tuple(bottoms[0][:2]) + (1,) * (len(bottoms[0]) - 2)
+    return lambda x, blobs: [x[0] + blobs[0].reshape(view)]
+
+
 # ------------------------------------------------------------------ declarations
 
 declare(
@@ -244,4 +364,10 @@ declare(
               rewrite=NotApplicable("its coefficients are per bottom, not per channel (maxout rewiring is "
                                     "the surgeon's)"),
               train=Train(_eltwise_op), bottoms=(2, None)),
+    LayerType("Reduce", shape=_reduce_shape, export=reduce, channels=_reduce_channels,
+              rewrite=NotApplicable("it has no params or blobs that count channels"), train=Train(_reduce_op),
+              departures=(Departure("OpenCV's Reduce returns its input unchanged when the axis it reduces has size 1 "
+                                    "(|x|, x², log x ... are not computed)", _reduce_not_identity),)),
+    LayerType("Shift", shape=_shift_shape, export=shift, channels=PER_CHANNEL, rewrite=_rewrite_shift,
+              train=Train(_shift_op)),
 )

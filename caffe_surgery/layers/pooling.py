@@ -1,5 +1,5 @@
-"""Pooling with Caffe's output size and Caffe's AVE divisor; ROI pooling (Faster R-CNN's ROIPooling,
-R-FCN's PSROIPooling).
+"""Pooling with Caffe's output size and Caffe's AVE divisor (a MAX pool's second top is Caffe's mask);
+ROI pooling (Faster R-CNN's ROIPooling, R-FCN's PSROIPooling); OpenCV's MaxUnpool and CropAndResize.
 
 Caffe sizes the output with ceil (or floor) division, then drops a last window
 that would start in the end padding; the inferred top shape says the result.
@@ -11,9 +11,10 @@ the kernel size: a constant correction map fixes those positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import ceil, floor
+from math import ceil, floor, prod
 
 import numpy as np
+from onnx import TensorProto
 
 from .. import caffe_pb2
 from ..caffe_pb2 import PoolingParameter
@@ -64,15 +65,18 @@ def pooling(ctx: LayerContext) -> None:
     p = ctx.param.pooling_param
     if p.pool not in (PoolingParameter.MAX, PoolingParameter.AVE):
         raise ctx.unsupported(f"with pool {PoolingParameter.PoolMethod.Name(p.pool)}")
-    if len(ctx.layer.tops) > 1:
-        raise ctx.unsupported("with a mask top")
     is_max = p.pool == PoolingParameter.MAX
+    if len(ctx.layer.tops) > 1 and p.global_pooling:
+        raise ctx.unsupported("with a mask top and global_pooling")
     if p.global_pooling:
         ctx.node("GlobalMaxPool" if is_max else "GlobalAveragePool", [ctx.bottom()], ctx.top())
         return
     h, w = pooling_axes(ctx)
     attrs = dict(kernel_shape=[h.kernel, w.kernel], strides=[h.stride, w.stride],
                  pads=[h.pad, w.pad, h.end_pad, w.end_pad])
+    if is_max and len(ctx.layer.tops) > 1:
+        _max_pool_with_mask(ctx, attrs)
+        return
     if is_max:
         ctx.node("MaxPool", [ctx.bottom()], ctx.top(), **attrs)
         return
@@ -82,6 +86,18 @@ def pooling(ctx: LayerContext) -> None:
         return
     pooled = ctx.node("AveragePool", [ctx.bottom()], count_include_pad=1, **attrs)
     ctx.node("Mul", [pooled, ctx.const(correction[None, None], "divisor_correction")], ctx.top())
+
+
+def _max_pool_with_mask(ctx: LayerContext, attrs: dict) -> None:
+    """MaxPool with its Indices; Caffe's mask is each maximum's index within its (H, W) plane, as a float
+    (ONNX indexes the whole tensor: the index modulo H * W)."""
+    indices = ctx.fresh("indices")
+    ctx.multi("MaxPool", [ctx.bottom()], [ctx.top(0), indices], **attrs)
+    plane = ctx.bottom_shape()[2] * ctx.bottom_shape()[3]
+    in_plane = ctx.node("Mod", [indices, ctx.const(plane, "plane", np.int64)])
+    ctx.node("Cast", [in_plane], ctx.top(1), to=TensorProto.FLOAT)
+
+
 # ------------------------------------------------------------------ pooling
 
 
@@ -290,6 +306,135 @@ def _psroi_channels(builder, layer, bottoms) -> None:
             f"output of PSROIPooling '{layer.name}'")
 
 
+# ------------------------------------------------------------------ OpenCV's MaxUnpool
+
+UNPOOL_DEFAULTS = {"pool_k_h": 0, "pool_k_w": 0, "pool_stride_h": 0, "pool_stride_w": 0, "pool_pad_h": 0,
+                   "pool_pad_w": 0}
+"""The fields OpenCV's MaxUnpool reads from a Caffe layer's fork block (``unpool_param``): the geometry of
+the max pool it undoes (all required there)."""
+
+
+def _max_unpool_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
+    """(N, C, (h - 1) * stride - 2 * pad + kernel, ...) from the pooled values and their mask (same shape)."""
+    p = fork_param(layer.param, "unpool_param", UNPOOL_DEFAULTS)
+    missing = [name for name in UNPOOL_DEFAULTS if not p.has(name)]
+    if missing:
+        fail(f"unpool_param needs {', '.join(missing)} (OpenCV requires every one)")
+    pooled, mask = bottoms
+    if len(pooled) != 4 or mask != pooled:
+        fail(f"MaxUnpool needs a 4-D bottom and a mask of its shape, got {pooled} and {mask}")
+    size = tuple((n - 1) * p[f"pool_stride_{a}"] - 2 * p[f"pool_pad_{a}"] + p[f"pool_k_{a}"]
+                 for n, a in zip(pooled[2:], "hw"))
+    if min(size) <= 0:
+        fail(f"the unpooled size {size} must be positive")
+    return Rule([pooled[:2] + size])
+
+
+def max_unpool(ctx: LayerContext) -> None:
+    """Zeros with each value written at its mask index in its output plane (ScatterElements); any batch
+    (OpenCV runs one image)."""
+    n, c, h, w = ctx.bottom_shape()
+    out = ctx.top_shape()
+    flat = [n, c, h * w]
+    values = ctx.reshape(ctx.bottom(0), flat, keeps_batch=True)
+    where = ctx.node("Cast", [ctx.reshape(ctx.bottom(1), flat, keeps_batch=True)], to=TensorProto.INT64)
+    zeros = ctx.node("ConstantOfShape", [ctx.batch_channels_then(ctx.bottom(), [out[2] * out[3]])])
+    scattered = ctx.node("ScatterElements", [zeros, where, values], axis=2)
+    ctx.reshape(scattered, out, keeps_batch=True, out=ctx.top())
+
+
+@custom("carries the channels its values and mask share (couples the two)")
+def _max_unpool_channels(builder, layer, bottoms) -> None:
+    builder.merge(layer, bottoms)
+
+
+def _max_unpool_op(layer, bottoms, phase):
+    import torch
+    (n, c, h, w), = bottoms[:1]
+    out = _max_unpool_shape(layer, bottoms).tops[0]
+
+    def run(x, blobs):
+        values, mask = x[0].reshape(n, c, h * w), x[1].reshape(n, c, h * w).long()
+        plane = torch.zeros(n, c, out[2] * out[3], dtype=values.dtype, device=values.device)
+        return [plane.scatter(2, mask, values).reshape(out)]
+    return run
+
+
+# ------------------------------------------------------------------ OpenCV's CropAndResize
+
+
+def _crop_size(layer: Layer) -> tuple[int, int]:
+    p = fork_param(layer.param, "crop_and_resize_param", {"height": 0, "width": 0})
+    if p["height"] < 2 or p["width"] < 2:
+        fail(f"crop_and_resize_param needs height and width of at least 2 (OpenCV divides by size - 1), "
+             f"got {p['height']}x{p['width']}")
+    return p["height"], p["width"]
+
+
+def _crop_and_resize_shape(layer: Layer, bottoms: list[Shape]) -> Rule:
+    """(R, C, height, width): one crop per box row (R rows of 7: image, label, score, x1, y1, x2, y2)."""
+    image, boxes = bottoms
+    size = _crop_size(layer)
+    if len(image) != 4 or image[0] != 1:
+        fail(f"CropAndResize needs one (1, C, H, W) image (OpenCV runs one), got {image}")
+    if not boxes or boxes[-1] != 7:
+        fail(f"CropAndResize needs box rows of 7 values, got {boxes}")
+    return Rule([(prod(boxes[:-1]), image[1], *size)])
+
+
+def crop_and_resize(ctx: LayerContext) -> None:
+    """TensorFlow's crop_and_resize: output (i, j) samples (y1 + i (y2 - y1) / (h - 1), x1 + j ...) of the
+    image bilinearly (normalized corners, H - 1 and W - 1 the last pixel): a GridSample with align_corners
+    whose grid is 2 * that - 1, over the image repeated once per box. Corners outside [0, 1] sample the
+    border here; OpenCV reads outside its image there (no result to follow)."""
+    if ctx.builder.opset < 16:
+        raise ctx.unsupported(f"in opset {ctx.builder.opset} (GridSample needs 16)")
+    if ctx.builder.dynamic_batch:
+        ctx.batch_dependent("CropAndResize crops one image (OpenCV runs no other batch)")
+    rows, channels, height, width = ctx.top_shape()
+    boxes = ctx.node("Reshape", [ctx.bottom(1), ctx.ints([rows, 7], "rows")])
+
+    def column(index: int) -> str:
+        return ctx.node("Slice", [boxes, ctx.ints([index], "start"), ctx.ints([index + 1], "end"),
+                                  ctx.ints([1], "axis")])
+
+    def grid_axis(low: int, high: int, size: int) -> str:
+        start, end = column(low), column(high)
+        steps = ctx.const((np.arange(size) / (size - 1))[None], "steps")
+        along = ctx.node("Add", [start, ctx.node("Mul", [ctx.node("Sub", [end, start]), steps])])
+        return ctx.node("Sub", [ctx.node("Mul", [along, ctx.const(2.0, "two")]), ctx.const(1.0, "one")])
+    grid_shape = ctx.ints([rows, height, width, 1], "grid_shape")
+    xs = ctx.node("Expand", [ctx.unsqueeze(grid_axis(3, 5, width), [1, 3]), grid_shape])
+    ys = ctx.node("Expand", [ctx.unsqueeze(grid_axis(4, 6, height), [2, 3]), grid_shape])
+    grid = ctx.node("Concat", [xs, ys], axis=3)
+    image = ctx.node("Expand", [ctx.bottom(0), ctx.ints([rows, 1, 1, 1], "per_box")])
+    ctx.node("GridSample", [image, grid], ctx.top(), mode="linear" if ctx.builder.opset >= 20 else "bilinear",
+             padding_mode="border", align_corners=1)
+
+
+@custom("carries the image's channels (one crop per box); pins the boxes it reads")
+def _crop_and_resize_channels(builder, layer, bottoms) -> None:
+    builder.pin(bottoms[1], f"read by CropAndResize '{layer.name}' as box coordinates")
+    builder.pass_through(layer, bottoms[0], "structure")
+
+
+def _crop_and_resize_op(layer, bottoms, phase):
+    import torch
+    import torch.nn.functional as F
+    rows, _, height, width = _crop_and_resize_shape(layer, bottoms).tops[0]
+
+    def run(x, blobs):
+        boxes = x[1].reshape(rows, 7)
+        steps_x = torch.linspace(0, 1, width, dtype=x[0].dtype)
+        steps_y = torch.linspace(0, 1, height, dtype=x[0].dtype)
+        gx = 2 * (boxes[:, 3:4] + (boxes[:, 5:6] - boxes[:, 3:4]) * steps_x) - 1
+        gy = 2 * (boxes[:, 4:5] + (boxes[:, 6:7] - boxes[:, 4:5]) * steps_y) - 1
+        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+        return [F.grid_sample(x[0].expand(rows, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
+                              align_corners=True)]
+    return run
+
+
 # ------------------------------------------------------------------ training
 
 
@@ -346,4 +491,10 @@ declare(
     LayerType("PSROIPooling", shape=_psroi_pooling_shape, export=psroi_pooling, channels=_psroi_channels,
               rewrite=NotApplicable("its channels are pinned and it has no blobs"),
               train=NotApplicable("no torch op is written for position-sensitive ROI pooling"), bottoms=2),
+    LayerType("MaxUnpool", shape=_max_unpool_shape, export=max_unpool, channels=_max_unpool_channels,
+              rewrite=NotApplicable("it has no blobs and its params count no channels"),
+              train=Train(_max_unpool_op), bottoms=2),
+    LayerType("CropAndResize", shape=_crop_and_resize_shape, export=crop_and_resize,
+              channels=_crop_and_resize_channels, rewrite=NotApplicable("it has no blobs and counts no channels"),
+              train=Train(_crop_and_resize_op), bottoms=2),
 )

@@ -1,11 +1,22 @@
-"""Recurrent layers: RNN, LSTM and LSTMUnit (shapes; pinned for pruning; not exported)."""
+"""Recurrent layers: RNN, LSTM and LSTMUnit (shapes; pinned for pruning; not exported), and OpenCV's GRU.
+
+OpenCV's GRU (probed against numpy): a (T, N, I) bottom, blobs Wh (3H, H), Wx (3H, I), bias (6H: the input
+biases, then the hidden ones) and h0 (N, H), gates in the order update z, reset r, new n;
+``n = tanh(Wx_n x + b_n + r * (Wh_n h + bh_n))`` (ONNX's linear_before_reset), ``h' = (1 - z) n + z h``;
+the top is every step's h, (T, N, H). Bidirectional, every blob holds the forward direction's rows, then
+the backward one's (which runs from the last step), and the top is (T, N, 2H), forward then backward.
+The hidden size comes from the blobs in OpenCV; the prototxt gives it here as ``recurrent_param.num_output``
+(which OpenCV ignores).
+"""
 from __future__ import annotations
 
 from math import prod
 
+from ..export.context import LayerContext
 from ..graph import Layer
 from .channels import PIN
-from .registry import LayerType, NotApplicable, declare
+from .fork_params import fork_param
+from .registry import LayerType, NotApplicable, Train, declare
 from .shape_rules import Rule, Shape, fail
 
 
@@ -60,6 +71,75 @@ def _lstm_unit(layer: Layer, bottoms: list[Shape]) -> Rule:
     return Rule([c_prev, c_prev])
 
 
+def _gru_geometry(layer: Layer) -> tuple[int, int]:
+    """(hidden size H, directions D): H from ``recurrent_param.num_output``, D 2 with ``gru_param {
+    bidirectional: 1 }`` (a flag OpenCV reads as an integer)."""
+    bidirectional = fork_param(layer.param, "gru_param", {"bidirectional": 0})["bidirectional"]
+    if bidirectional not in (0, 1):
+        fail(f"gru_param.bidirectional must be 0 or 1, got {bidirectional}")
+    hidden = layer.param.recurrent_param.num_output
+    if hidden <= 0:
+        fail("GRU needs recurrent_param.num_output, its hidden size (OpenCV reads it from the blobs)")
+    return hidden, 1 + bidirectional
+
+
+def _gru(layer: Layer, bottoms: list[Shape]) -> Rule:
+    """(T, N, I) -> (T, N, D * H); blobs Wh (D * 3H, H), Wx (D * 3H, I), bias (D * 6H,), h0 (D * N, H),
+    each the forward direction's, then the backward one's."""
+    x = bottoms[0]
+    if len(x) != 3:
+        fail(f"GRU needs a (T, N, I) bottom, got {x}")
+    t, n, i = x
+    h, d = _gru_geometry(layer)
+    return Rule([(t, n, d * h)], [(d * 3 * h, h), (d * 3 * h, i), (d * 6 * h,), (d * n, h)],
+                d * t * n * 3 * h * (i + h))
+
+
+def gru(ctx: LayerContext) -> None:
+    """ONNX GRU (gates z, r, h; linear_before_reset), its (T, D, N, H) output laid out as (T, N, D * H) (a
+    dynamic dim 0 is the sequence length; N stays fixed by h0, one row per sequence)."""
+    wh, wx, bias, h0 = ctx.weights(4)
+    hidden, directions = _gru_geometry(ctx.layer)
+    steps, batch, _ = ctx.bottom_shape()
+    y = ctx.node("GRU", [ctx.bottom(), ctx.const(wx.reshape(directions, 3 * hidden, -1), "W"),
+                         ctx.const(wh.reshape(directions, 3 * hidden, hidden), "R"),
+                         ctx.const(bias.reshape(directions, 6 * hidden), "B"), "",
+                         ctx.const(h0.reshape(directions, batch, hidden), "initial_h")],
+                 hidden_size=hidden, linear_before_reset=1,
+                 direction="bidirectional" if directions == 2 else "forward")
+    per_step = ctx.node("Transpose", [y], perm=[0, 2, 1, 3])
+    ctx.reshape(per_step, (steps, batch, directions * hidden), keeps_batch=True, out=ctx.top())
+
+
+def _gru_op(layer, bottoms, phase):
+    import torch
+    hidden, directions = _gru_geometry(layer)
+    batch = bottoms[0][1]
+
+    def direction(x, wx, wh, bias, h):
+        gates_x = x @ wx.t() + bias[:3 * hidden]
+        steps = []
+        for gx in gates_x:
+            gh = h @ wh.t() + bias[3 * hidden:]
+            z = torch.sigmoid(gx[:, :hidden] + gh[:, :hidden])
+            r = torch.sigmoid(gx[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
+            candidate = torch.tanh(gx[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+            h = (1 - z) * candidate + z * h
+            steps.append(h)
+        return torch.stack(steps)
+
+    def run(x, blobs):
+        wh, wx, bias, h0 = blobs
+        outputs = []
+        for d in range(directions):
+            rows, gates = slice(d * 3 * hidden, (d + 1) * 3 * hidden), slice(d * 6 * hidden, (d + 1) * 6 * hidden)
+            sequence = x[0] if d == 0 else x[0].flip(0)
+            y = direction(sequence, wx[rows], wh[rows], bias[gates], h0[d * batch:(d + 1) * batch])
+            outputs.append(y if d == 0 else y.flip(0))
+        return [torch.cat(outputs, dim=2)]
+    return run
+
+
 _NOT_EXPORTED = NotApplicable("no ONNX converter is written for recurrent layers")
 _PINNED = NotApplicable("it mixes channels over time (pinned)")
 _NO_TORCH = NotApplicable("no torch op is written for it yet")
@@ -71,4 +151,5 @@ declare(
               bottoms=(2, 5), tops=(1, 3)),
     LayerType("LSTMUnit", shape=_lstm_unit, export=_NOT_EXPORTED, channels=PIN, rewrite=_PINNED, train=_NO_TORCH,
               bottoms=3, tops=2),
+    LayerType("GRU", shape=_gru, export=gru, channels=PIN, rewrite=_PINNED, train=Train(_gru_op)),
 )

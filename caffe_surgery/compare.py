@@ -14,6 +14,7 @@ DetectionOutput, relative error and cosine otherwise) come with them.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ ATOL = 1e-4
 RTOL = 1e-4
 COMPARE_BATCH = 64
 """Samples compared per run of both nets."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -217,6 +220,8 @@ def compare_files(a_prototxt: str, a_weights: str, b_prototxt: str, b_weights: s
     missing = [name for name in outputs if name not in names]
     if missing:
         raise CaffeSurgeryError(f"net B does not produce net A's output(s) {', '.join(missing)}", file=b_prototxt)
+    if backend == "opencv":
+        names = _first_tops_only(model_b.net, names, outputs, b_prototxt)
     top = input_layer(model_a.net).tops[0]
     count = limit or 1
     chunk = min(count, COMPARE_BATCH)
@@ -242,6 +247,21 @@ def compare_files(a_prototxt: str, a_weights: str, b_prototxt: str, b_weights: s
         for name, tolerance in tolerances.items():
             tolerance.add(values_a[name], values_b[name])
     return [sums[name].result(name) for name in names], [tolerance.result() for tolerance in tolerances.values()]
+
+
+def _first_tops_only(net: Net, names: list[str], outputs: list[str], prototxt: str) -> list[str]:
+    """The blobs OpenCV can be asked for: each its layer's first top (OpenCV returns a layer's output by the
+    layer's name, and may reuse the memory of its other tops, e.g. a Pooling's mask, for later layers).
+    The others are named in a warning; an output among them is an error."""
+    later = [name for name in names if net.producer(net.final(name)).tops[0] != net.final(name)]
+    if not later:
+        return names
+    if any(name in outputs for name in later):
+        raise CaffeSurgeryError(f"OpenCV cannot return output(s) {', '.join(n for n in later if n in outputs)}: "
+                                "not the first top of their layer; compare with --backend onnxruntime", file=prototxt)
+    logger.warning("not compared on OpenCV: %s (not the first top of their layer; OpenCV returns only that one "
+                   "reliably)", ", ".join(later))
+    return [name for name in names if name not in later]
 
 
 def _check_compare_memory(model_a, model_b, names, top, count: int) -> None:

@@ -44,6 +44,9 @@ SINGLE_THREAD_SECONDS = 0.05
 PROBE_SECONDS = 0.6
 PROBE_ROUNDS = 3
 """The probe runs the backends in turn on the first batch, PROBE_ROUNDS blocks each, PROBE_SECONDS in all."""
+CLOSE = 1.15
+EXTRA_PROBES = 2
+"""While the two fastest are within CLOSE of each other, the probe runs again (at most EXTRA_PROBES times)."""
 
 _CHOICES: dict[str, str] = {}
 
@@ -207,20 +210,26 @@ class AutoRuntime(Runner):
 
 
 def _timings(runners: dict, feeds: Arrays, first: float) -> dict[str, float]:
-    """Seconds per run of each runner on ``feeds``: the median over PROBE_ROUNDS rounds of each runner's mean
-    over a block of runs, the runners taking turns block by block (a drift of the machine hits them alike,
-    and one library's idle worker threads weigh on the other only at a block's start). One round of one
-    run each when the first run (``first`` seconds) already took PROBE_SECONDS."""
+    """Seconds per run of each runner on ``feeds``: the median over rounds of each runner's mean over a block
+    of runs, the runners taking turns block by block (a drift of the machine hits them alike, and one
+    library's idle worker threads weigh on the other only at a block's start). PROBE_ROUNDS rounds in
+    PROBE_SECONDS, and as many again while the two fastest are within CLOSE of each other (a close call
+    on a short sample is often wrong); one round of one run each when the first run (``first`` seconds)
+    already took PROBE_SECONDS."""
     rounds = 1 if first >= PROBE_SECONDS else PROBE_ROUNDS
     block = PROBE_SECONDS / (rounds * len(runners))
     times = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            runs, started = 0, time.perf_counter()
-            while not runs or time.perf_counter() - started < block:
-                runner.run(feeds)
-                runs += 1
-            times[name].append((time.perf_counter() - started) / runs)
+    for _ in range(1 + EXTRA_PROBES):
+        for _ in range(rounds):
+            for name, runner in runners.items():
+                runs, started = 0, time.perf_counter()
+                while not runs or time.perf_counter() - started < block:
+                    runner.run(feeds)
+                    runs += 1
+                times[name].append((time.perf_counter() - started) / runs)
+        medians = sorted(float(np.median(values)) for values in times.values())
+        if rounds == 1 or len(medians) < 2 or medians[1] > CLOSE * medians[0]:
+            break
     return {name: float(np.median(values)) for name, values in times.items()}
 
 

@@ -1,5 +1,7 @@
 """The backends behind the data passes: OpenCV dnn against onnxruntime on real models and real data, and the
 automatic choice between them."""
+import time
+
 import numpy as np
 import pytest
 
@@ -147,3 +149,27 @@ def test_relevance_command_gives_the_same_statistics_on_either_backend(tmp_path,
             elif not key.startswith("about/"):
                 counts = ort[key.rsplit("/", 1)[0] + "/count"] if key.endswith("/zeros") else 0
                 assert np.abs(cv[key] - ort[key]).max() <= 1e-4 * counts, key
+
+
+
+class Sleeper:
+    """A runner whose run takes ``seconds`` (time.sleep) and counts its runs: the probe's timing on known costs."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.runs = seconds, 0
+
+    def run(self, feeds):
+        time.sleep(self.seconds)
+        self.runs += 1
+
+
+def test_probe_runs_again_only_while_the_two_fastest_are_close(monkeypatch):
+    monkeypatch.setattr(backends, "PROBE_SECONDS", 0.06)
+    fast, slow = Sleeper(0.001), Sleeper(0.004)
+    apart = backends._timings({"fast": fast, "slow": slow}, {}, 0.0)
+    assert apart["slow"] > backends.CLOSE * apart["fast"]
+    a, b = Sleeper(0.002), Sleeper(0.002)
+    backends._timings({"a": a, "b": b}, {}, 0.0)
+    # the same cost: both extra probes run, so each runner gets about (1 + EXTRA_PROBES) times the blocks
+    assert a.runs >= (1 + backends.EXTRA_PROBES) * backends.PROBE_ROUNDS
+    assert a.runs > 2 * slow.runs

@@ -364,7 +364,7 @@ def test_unknown_fields_are_found_in_one_pass_and_kept_in_place():
     assert names == [n for i in range(300) for n in (f"fork_{i}", "fork_block")]
     again = caffe_pb2.NetParameter()
     assert textproto.parse(textproto.to_text(net), again) == names and again == net
-    assert f"fork_299: 299" in textproto.to_text(net).split('name: "r299"')[1]
+    assert "fork_299: 299" in textproto.to_text(net).split('name: "r299"')[1]
 
 
 FORK_PROTO_EXTRA = "  optional float fork_gain = 9999;\n"

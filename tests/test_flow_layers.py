@@ -11,15 +11,14 @@ import pytest
 from caffe_surgery import layers
 from caffe_surgery.cli import main
 from caffe_surgery.errors import UnsupportedLayerError
-from caffe_surgery.graph import TEST, TRAIN
+from caffe_surgery.graph import TRAIN
 from caffe_surgery.layers.flow import crop_matrix
 from caffe_surgery.model import load_model
 from caffe_surgery.onnx_export import export_onnx
-from caffe_surgery.runtime import Runtime
 from netgen import CORPUS, Feed, generate, write_net
 from test_detection_types import _assert_prune_is_exact
 from test_export import assert_close, run_onnx
-from test_layer_types import run
+from test_layer_types import assert_torch_matches_export, info_error
 
 
 def _inputs(feeds: dict[str, Feed]) -> str:
@@ -280,10 +279,9 @@ def test_flow_warp_needs_opset_16(tmp_path):
      "crop 9x2 must fit in the 6x6 bottom"),
 ])
 def test_bad_flow_layers_stop_with_one_line(layer, problem, tmp_path, capsys):
-    prototxt = tmp_path / "bad.prototxt"
-    prototxt.write_text(_inputs(_two((1, 3, 6, 6))) + f'layer {{ name: "x" {layer} top: "x" }}\n')
-    code, _, err = run(capsys, "info", prototxt)
-    assert code == 1 and err.startswith(f"error: {prototxt}: x: {problem}") and len(err.strip().splitlines()) == 1
+    text = _inputs(_two((1, 3, 6, 6))) + f'layer {{ name: "x" {layer} top: "x" }}\n'
+    prototxt, error = info_error(text, tmp_path, capsys)
+    assert error.startswith(f"error: {prototxt}: x: {problem}")
 
 
 # ------------------------------------------------------------------ torch, info, check, prune
@@ -292,13 +290,9 @@ def test_torch_ops_match_the_export_and_carry_gradients(tmp_path):
     torch = pytest.importorskip("torch")
     from caffe_surgery.train import TorchNet
     generated = generate("flownet", tmp_path)
+    assert_torch_matches_export(generated)
     model = load_model(generated.prototxt, generated.caffemodel)
-    taps = [top for layer in model.net.layers if not layers.is_data(layer.type) for top in layer.tops]
     feeds = generated.inputs(np.random.default_rng(3))
-    expected = Runtime(model.net, model.shapes, taps=taps, device="cpu").run(feeds)
-    got = TorchNet(model.net, model.shapes, TEST)({k: torch.from_numpy(v) for k, v in feeds.items()})
-    for top in taps:
-        assert_close(got[top.key].detach().numpy(), expected[top.key], top.key)
     inputs = {k: torch.from_numpy(v).requires_grad_() for k, v in feeds.items()}
     values = TorchNet(model.net, model.shapes, TRAIN)(inputs)
     values[model.net.outputs()[0].key].square().sum().backward()

@@ -131,10 +131,17 @@ layer { name: "log_e" type: "Log" bottom: "log" top: "log_e" log_param { shift: 
 
 @pytest.mark.parametrize("name", NEW_TYPE_NETS + ["log"])
 def test_torch_ops_of_the_new_types_match_their_export(name, tmp_path):
-    torch = pytest.importorskip("torch")
-    from caffe_surgery.train import TorchNet
+    pytest.importorskip("torch")
     generated = (write_net(LOG_NET, tmp_path, feeds={"data": Feed((2, 3, 4, 5), 0.2, 2.0)}) if name == "log"
                  else generate(name, tmp_path))
+    assert_torch_matches_export(generated)
+
+
+def assert_torch_matches_export(generated) -> None:
+    """Every top of a generated net in torch (TEST phase) equals onnxruntime's to 1e-4 * max(1, |ref|)."""
+    import torch
+
+    from caffe_surgery.train import TorchNet
     model = load_model(generated.prototxt, generated.caffemodel)
     taps = [top for layer in model.net.layers if not layers.is_data(layer.type) for top in layer.tops]
     feeds = generated.inputs(np.random.default_rng(3))
@@ -177,13 +184,19 @@ def test_yolo_trains_through_upsample_and_the_se_gate():
      "out: the 6 channels of (1, 6, 3, 4) do not split into 4 groups"),
 ])
 def test_bad_fork_layers_stop_with_one_line(layer, problem, tmp_path, capsys):
+    inputs = ('layer { name: "data" type: "Input" top: "data" top: "mask" input_param { '
+              'shape { dim: 1 dim: 6 dim: 3 dim: 4 } shape { dim: 1 dim: 6 dim: 3 dim: 4 } } }\n')
+    prototxt, error = info_error(inputs + f'layer {{ name: "out" {layer} }}\n', tmp_path, capsys)
+    assert error == f"error: {prototxt}: {problem}"
+
+
+def info_error(text: str, tmp_path, capsys) -> tuple:
+    """``info`` on a prototxt of ``text``: (its path, the one line it printed); it must exit 1 with one line."""
     prototxt = tmp_path / "bad.prototxt"
-    prototxt.write_text('layer { name: "data" type: "Input" top: "data" top: "mask" input_param { '
-                        'shape { dim: 1 dim: 6 dim: 3 dim: 4 } shape { dim: 1 dim: 6 dim: 3 dim: 4 } } }\n'
-                        f'layer {{ name: "out" {layer} }}\n')
+    prototxt.write_text(text)
     code, _, err = run(capsys, "info", prototxt)
-    assert code == 1
-    assert err.strip().splitlines() == [f"error: {prototxt}: {problem}"]
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    return prototxt, err.strip()
 
 
 def test_compare_on_opencv_says_when_opencv_cannot_run_the_net(capsys):

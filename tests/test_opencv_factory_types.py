@@ -17,6 +17,7 @@ from caffe_surgery.graph import TEST
 from caffe_surgery.model import load_model
 from caffe_surgery.onnx_export import export_onnx, graph_outputs
 from netgen import Feed, write_net
+from test_layer_types import info_error
 
 
 def _input(name: str, *shape: int) -> str:
@@ -386,11 +387,8 @@ def test_learned_blobs_get_gradients(name, layer, tmp_path):
      "unpool_param needs pool_stride_h, pool_stride_w, pool_pad_h, pool_pad_w (OpenCV requires every one)"),
 ])
 def test_bad_params_stop_with_one_line(layer, problem, tmp_path, capsys):
-    prototxt = tmp_path / "bad.prototxt"
-    prototxt.write_text(_input("data", 1, 6, 3, 4) + f'layer {{ name: "out" {layer} }}\n')
-    code, _, err = run(capsys, "info", prototxt)
-    assert code == 1
-    assert err.strip().splitlines() == [f"error: {prototxt}: out: {problem}"]
+    prototxt, error = info_error(_input("data", 1, 6, 3, 4) + f'layer {{ name: "out" {layer} }}\n', tmp_path, capsys)
+    assert error == f"error: {prototxt}: out: {problem}"
 
 
 # ------------------------------------------------------------------ Padding: no Caffe file configures it

@@ -699,6 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     sensitivity.add_argument("--measure", choices=("top1", "output-error"), default="top1",
                              help="top-1 on labelled data, or the outputs' relative error against the original")
     sensitivity.add_argument("-o", "--output", required=True, help="output prefix: PREFIX.csv, .json, .png")
+    _engine_arguments(sensitivity)
 
     sparsify = _verb(verbs, "sparsify", "magnitude weight pruning (exact zeros; sparse and zip sizes reported)",
                      cmd_sparsify)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -124,8 +125,11 @@ def parse_message(name: str, data: bytes):
     return getattr(caffe_pb2, name).FromString(data)
 
 
-def _on_ray(task: Task, model: Model, data: DataRequest, shards: int | None, address: str | None,
-            desc: str) -> list[Arrays]:
+@contextmanager
+def ray_connection(address: str | None):
+    """Ray, connected to the cluster at ``address`` (None: a local one started here) for the block; a
+    connection made here is closed at its end, one already open is used as it is (so a sweep of many
+    passes connects once)."""
     ray = _import_ray()
     connected_here = not ray.is_initialized()
     if connected_here:
@@ -135,6 +139,15 @@ def _on_ray(task: Task, model: Model, data: DataRequest, shards: int | None, add
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise CaffeSurgeryError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
     try:
+        yield ray
+    finally:
+        if connected_here:
+            ray.shutdown()
+
+
+def _on_ray(task: Task, model: Model, data: DataRequest, shards: int | None, address: str | None,
+            desc: str) -> list[Arrays]:
+    with ray_connection(address) as ray:
         _ship_protobuf_messages(ray)
         shards = shards or max(int(ray.cluster_resources().get("CPU", 1)), 1)
         total = len(data.open(model.net))
@@ -143,9 +156,6 @@ def _on_ray(task: Task, model: Model, data: DataRequest, shards: int | None, add
         remote = ray.remote(run_shard).options(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)
         pending = {remote.remote(task, model_ref, data, index, shards, counter): index for index in range(shards)}
         return _collect(ray, pending, shards, counter, total, desc)
-    finally:
-        if connected_here:
-            ray.shutdown()
 
 
 def _collect(ray, pending: dict, shards: int, counter, total: int, desc: str) -> list[Arrays]:

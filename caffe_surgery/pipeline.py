@@ -268,16 +268,26 @@ def relevance_file(request: RelevanceRequest):
 
 def sensitivity_files(request: SensitivityRequest) -> SensitivityResult:
     """Prune each group alone at each ratio and measure the net; write PREFIX.csv, .json and .png."""
+    from .cluster import ray_connection
     from .groups import build_groups
     from .pruning import chosen_groups
-    from .sensitivity import sensitivity_curves, write_sensitivity
+    from .sensitivity import sensitivity_curves, top1_on_ray, write_sensitivity
 
     model, source = load(request, with_data=True)
     groups = build_groups(model.net, model.shapes)
     group_list = chosen_groups(groups, request.layers)
     scores, _ = group_scores(request, model, source, groups, group_list)
-    measure = sensitivity_measure(request, model, list(data_batches(model, source, request.batch_size, "sensitivity")))
-    baseline, curves = sensitivity_curves(model, groups, group_list, scores, request.ratios, measure)
+    if request.engine == "ray":
+        if request.measure != "top1":
+            raise CaffeSurgeryError("--engine ray measures top-1 only; --measure output-error runs here")
+        with ray_connection(request.address):
+            measure = top1_on_ray(data_request(request, model.net), task_runtime_options(request), request.shards,
+                                  request.address)
+            baseline, curves = sensitivity_curves(model, groups, group_list, scores, request.ratios, measure)
+    else:
+        measure = sensitivity_measure(request, model, list(data_batches(model, source, request.batch_size,
+                                                                        "sensitivity")))
+        baseline, curves = sensitivity_curves(model, groups, group_list, scores, request.ratios, measure)
     paths = write_sensitivity(request.output, baseline, curves, measure,
                               {"criterion": request.criterion, "samples": len(source)})
     return SensitivityResult(baseline, curves, measure.name, paths)

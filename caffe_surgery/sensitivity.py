@@ -17,7 +17,8 @@ import numpy as np
 
 from .backends import open_runtime
 from .errors import CaffeSurgeryError
-from .evaluate import evaluate
+from .dataflow import DataRequest
+from .evaluate import Evaluation, EvaluationTask, evaluate
 from .graph import Net
 from .groups import Group, Groups
 from .io import atomic_write
@@ -43,6 +44,18 @@ class Measure:
 def top1(batches: list, runtime_options: dict | None = None) -> Measure:
     """Top-1 accuracy on labelled batches."""
     return Measure("top-1", lambda net, shapes: evaluate(net, shapes, batches, (1,), runtime_options).accuracy(1), True)
+
+
+def top1_on_ray(data: DataRequest, runtime_options: dict, shards: int | None, address: str | None) -> Measure:
+    """Top-1 accuracy, each net's evaluation split into ``shards`` tasks on the Ray cluster at ``address``
+    (``cluster.map_shards``; the caller holds the connection open, see ``cluster.ray_connection``)."""
+    from .cluster import map_shards
+
+    def accuracy(net: Net, shapes: NetShapes) -> float:
+        counts = map_shards(EvaluationTask((1,), runtime_options), Model(net, shapes), data, shards, engine="ray",
+                            address=address, desc="sensitivity")
+        return Evaluation.from_arrays(counts).accuracy(1)
+    return Measure("top-1", accuracy, True)
 
 
 def output_error(model: Model, batches: list, runtime_options: dict | None = None) -> Measure:

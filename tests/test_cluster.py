@@ -177,3 +177,23 @@ def test_prune_statistics_pass_on_two_nodes_gives_the_local_plan(cluster, capsys
     assert code == 0, err
     code, local, _ = run(capsys, *common)
     assert code == 0 and on_ray == local and '"fc_3"' in local
+
+
+def test_sensitivity_on_two_nodes_gives_the_local_curves(cluster, tmp_path, capsys):
+    common = ["sensitivity", SAMPLE, "-w", SAMPLE_WEIGHTS, "--data", IDX, "--scale", "0.00390625", "--limit", COUNT,
+              "--batch-size", BATCH, "--ratios", "0.3,0.6", "--layers", "conv2,fc_3"]
+    code, _, err = run(capsys, *common, "-o", tmp_path / "ray", "--engine", "ray", "--address", cluster,
+                       "--shards", SHARDS)
+    assert code == 0, err
+    code, _, err = run(capsys, *common, "-o", tmp_path / "local")
+    assert code == 0, err
+    on_ray, local = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("ray", "local"))
+    assert on_ray == local and set(local["curves"]) == {"conv2", "fc_3"} and local["measure"] == "top-1"
+    assert len({point["value"] for points in local["curves"].values() for point in points}) > 1  # pruning shows
+
+
+def test_sensitivity_on_ray_refuses_the_output_error_measure(cluster, tmp_path, capsys):
+    code, _, err = run(capsys, "sensitivity", SAMPLE, "-w", SAMPLE_WEIGHTS, "--data", IDX, "--scale", "0.00390625",
+                       "--limit", COUNT, "--measure", "output-error", "-o", tmp_path / "never", "--engine", "ray",
+                       "--address", cluster)
+    assert code == 1 and "--engine ray measures top-1 only" in err and not (tmp_path / "never.json").exists()

@@ -57,15 +57,24 @@ def map_shards(task: Task, model: Model, data: DataRequest, shards: int | None =
 def _local(task: Task, model: Model, data: DataRequest, shards: int, desc: str) -> list[Arrays]:
     source = data.open(model.net)
     with progress(len(source), desc) as bar:
-        return [task(model, _counted(source.shard(index, shards).iter_batches(data.batch_size), bar.update))
+        return [task(model, ShardBatches(source, index, shards, data.batch_size, bar.update))
                 for index in range(shards)]
 
 
-def _counted(batches: Iterable, report: Callable[[int], None]) -> Iterator:
-    """The batches, reporting each one's sample count after it was used."""
-    for images, labels in batches:
-        yield images, labels
-        report(len(images))
+class ShardBatches:
+    """The batches of shard ``index`` of ``shards`` of an opened source, reporting each one's sample count
+    after it was used; ``first_index`` is the shard's first sample in the whole pass (for tasks that
+    sample per image, so that shards sample as one pass does)."""
+
+    def __init__(self, source, index: int, shards: int, batch_size: int, report: Callable[[int], None]):
+        self.first_index = len(source) * index // shards
+        self._batches = source.shard(index, shards).iter_batches(batch_size)
+        self._report = report
+
+    def __iter__(self) -> Iterator:
+        for images, labels in self._batches:
+            yield images, labels
+            self._report(len(images))
 
 
 # -- Ray ------------------------------------------------------------------------------------------
@@ -97,8 +106,8 @@ def run_shard(task: Task, model: Model, data: DataRequest, index: int, shards: i
     """The body of one Ray task: open shard ``index`` of ``shards`` of the data and run ``task`` on it."""
     counter.start.remote(index)
     try:
-        source = data.open(model.net).shard(index, shards)
-        batches = _counted(source.iter_batches(data.batch_size), lambda n: counter.add.remote(index, n))
+        batches = ShardBatches(data.open(model.net), index, shards, data.batch_size,
+                               lambda n: counter.add.remote(index, n))
         return task(model, batches)
     except CaffeSurgeryError as exc:
         return ShardFailure(exc)

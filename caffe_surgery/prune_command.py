@@ -10,8 +10,9 @@ from pathlib import Path
 
 from .agreement import SCORE_THRESHOLD
 from .errors import CaffeSurgeryError
-from .pipeline import (DEFAULT_RATIOS, NetRequest, data_batches, group_scores, load, open_calibration,
-                       runtime_options, sensitivity_measure, validation_measure)
+from .pipeline import (DEFAULT_RATIOS, NetRequest, calibration_request, data_batches, group_scores, load,
+                       open_calibration, runtime_options, sensitivity_measure, task_runtime_options,
+                       validation_measure)
 
 PROFILE_RUNS = 20  # timed runs behind the report's latencies (``profile``)
 
@@ -139,8 +140,9 @@ def _plan(request, model, source, groups, group_list, calibration=None):
 
 def _pruned(request, model, source, calibration, groups, group_list, protected):
     """The plan, the pruned net and its shapes (compensated or reconstructed when asked), notes and refits."""
+    from .cluster import ray_connection
     from .plan import resolve_plan
-    from .reconstruct import compensate, reconstruct
+    from .reconstruct import cluster_sums, compensate, local_sums, reconstruct
     from .surgery import apply_plan
 
     plan, net, notes, _ = _plan(request, model, source, groups, group_list, calibration)
@@ -148,14 +150,22 @@ def _pruned(request, model, source, calibration, groups, group_list, protected):
     if protected & {p for gid in keep for p in groups.groups[gid].producers}:
         raise CaffeSurgeryError(f"the plan prunes protected layers: {', '.join(sorted(protected))}", file=request.plan)
     refits = []
+    if request.reconstruct and request.engine == "ray":
+        with ray_connection(request.address):
+            sums_of = cluster_sums(calibration_request(request, model.net), task_runtime_options(request),
+                                   request.shards, request.address)
+            pruned_net, pruned_shapes, refits, skipped = reconstruct(net, model.shapes, groups, keep, sums_of,
+                                                                     sequential=not request.independent)
+        return plan, pruned_net, pruned_shapes, notes + [r.note() for r in refits] + skipped, refits
     if request.compensate or request.reconstruct:
         held = list(data_batches(model, calibration, request.batch_size, "calibration"))
-        options = {"runtime_options": runtime_options(request)}
         if request.reconstruct:
             pruned_net, pruned_shapes, refits, skipped = reconstruct(
-                net, model.shapes, groups, keep, lambda: held, sequential=not request.independent, **options)
+                net, model.shapes, groups, keep, local_sums(lambda: held, runtime_options(request)),
+                sequential=not request.independent)
             return plan, pruned_net, pruned_shapes, notes + [r.note() for r in refits] + skipped, refits
-        net, refits, skipped = compensate(net, model.shapes, groups, keep, lambda: held, **options)
+        net, refits, skipped = compensate(net, model.shapes, groups, keep, lambda: held,
+                                          runtime_options=runtime_options(request))
         notes += [refit.note() for refit in refits] + skipped
     pruned_net, pruned_shapes = apply_plan(net, model.shapes, groups, keep)
     return plan, pruned_net, pruned_shapes, notes, refits

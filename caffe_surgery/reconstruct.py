@@ -27,6 +27,7 @@ import numpy as np
 from .backends import open_runtime
 from .graph import Layer, Net
 from .groups import Groups
+from .model import Model
 from .shapes import NetShapes
 from .surgery import apply_plan
 
@@ -38,6 +39,8 @@ RIDGE = 1e-6
 """lambda relative to the mean diagonal of the Gram matrix: only keeps the solve well posed."""
 
 Batches = Callable[[], Iterable[tuple[np.ndarray, object]]]
+SumsOf = Callable[[Model, Model, str], "LeastSquares"]
+"""How one consumer's statistics are gathered: (net feeding it, net giving its target outputs, its name)."""
 
 
 @dataclass
@@ -201,6 +204,40 @@ def accumulate(input_net: Net, input_shapes: NetShapes, target_net: Net, target_
     return sums
 
 
+def local_sums(batches: Batches, runtime_options: dict | None = None) -> SumsOf:
+    """Each consumer's statistics in one pass over ``batches()`` in this process."""
+    def sums_of(source: Model, target: Model, name: str) -> LeastSquares:
+        return accumulate(source.net, source.shapes, target.net, target.shapes, [name], batches(), runtime_options)[name]
+    return sums_of
+
+
+@dataclass(frozen=True)
+class LeastSquaresTask:
+    """``accumulate`` for one consumer as a task of ``cluster.map_shards`` (the model is the net feeding
+    it): each shard samples conv positions from its first sample's index on, as one pass would."""
+
+    target: Model
+    layer: str
+    runtime_options: dict
+
+    def __call__(self, model: Model, batches) -> dict[str, np.ndarray]:
+        sums = accumulate(model.net, model.shapes, self.target.net, self.target.shapes, [self.layer], batches,
+                          self.runtime_options, first_index=getattr(batches, "first_index", 0))
+        return sums[self.layer].to_arrays(self.layer)
+
+
+def cluster_sums(data, runtime_options: dict, shards: int | None, address: str | None) -> SumsOf:
+    """Each consumer's statistics from ``shards`` tasks on the Ray cluster at ``address``, added in shard
+    order (``data``: a ``DataRequest``, opened by each task)."""
+    from .cluster import map_shards
+
+    def sums_of(source: Model, target: Model, name: str) -> LeastSquares:
+        arrays = map_shards(LeastSquaresTask(target, name, runtime_options), source, data, shards, engine="ray",
+                            address=address, desc=f"refit {name}")
+        return LeastSquares.from_arrays(arrays, name)
+    return sums_of
+
+
 # -- which layers, and the refit ------------------------------------------------------------------
 
 def changed(groups: Groups, blob, keep: dict[int, np.ndarray]) -> bool:
@@ -257,10 +294,10 @@ class Refit:
                 f"{self.error_before:.4g} -> {self.error_after:.4g}")
 
 
-def reconstruct(net: Net, shapes: NetShapes, groups: Groups, keep: dict[int, np.ndarray], batches: Batches, *,
-                sequential: bool = True, ridge: float = RIDGE, runtime_options: dict | None = None
-                ) -> tuple[Net, NetShapes, list[Refit], list[str]]:
-    """Prune, then refit every consumer by least squares to the original net's outputs on ``batches()``.
+def reconstruct(net: Net, shapes: NetShapes, groups: Groups, keep: dict[int, np.ndarray], sums_of: SumsOf, *,
+                sequential: bool = True, ridge: float = RIDGE) -> tuple[Net, NetShapes, list[Refit], list[str]]:
+    """Prune, then refit every consumer by least squares to the original net's outputs, its statistics
+    gathered by ``sums_of`` (``local_sums`` or ``cluster_sums``).
 
     ``sequential``: consumers in net order, each fed by the already refit
     pruned net; else each is fed by the original net pruned only in the
@@ -272,7 +309,7 @@ def reconstruct(net: Net, shapes: NetShapes, groups: Groups, keep: dict[int, np.
     for name in names:
         target, target_shapes = _own_rows_only(net, shapes, groups, keep, name)
         source, source_shapes = (pruned, pruned_shapes) if sequential else _upstream_only(net, shapes, groups, keep, name)
-        sums = accumulate(source, source_shapes, target, target_shapes, [name], batches(), runtime_options)[name]
+        sums = sums_of(Model(source, source_shapes), Model(target, target_shapes), name)
         layer = pruned.layer(name)
         start = weight_matrix(layer)
         solved = sums.solve(start, ridge)

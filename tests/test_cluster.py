@@ -20,7 +20,10 @@ from caffe_surgery.data import convert_data
 from caffe_surgery.dataflow import DataRequest
 from caffe_surgery.groups import build_groups
 from caffe_surgery.model import load_model
+from caffe_surgery.pipeline import transform_parameter
 from caffe_surgery.pruning import StatisticsTask, chosen_groups
+from caffe_surgery.reconstruct import LeastSquaresTask
+from caffe_surgery.runtime import Runtime
 from conftest import FASHION_MNIST, REPO
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'caffe-surgery[cluster]')")
@@ -197,3 +200,41 @@ def test_sensitivity_on_ray_refuses_the_output_error_measure(cluster, tmp_path, 
                        "--limit", COUNT, "--measure", "output-error", "-o", tmp_path / "never", "--engine", "ray",
                        "--address", cluster)
     assert code == 1 and "--engine ray measures top-1 only" in err and not (tmp_path / "never.json").exists()
+
+
+def test_reconstruction_statistics_on_two_nodes_equal_the_local_shards(cluster):
+    model = load_model(SAMPLE, SAMPLE_WEIGHTS, input_shapes={"images": (BATCH, 1, 28, 28)})
+    task = LeastSquaresTask(model, "conv2", {"threads": 1, "backend": "onnxruntime", "device": "cpu"})
+    data = DataRequest(IDX, transform_parameter(0.00390625, None), limit=COUNT, batch_size=BATCH)
+    on_ray = map_shards(task, model, data, SHARDS, engine="ray", address=cluster)
+    assert int(on_ray["refit/conv2/rows"]) == COUNT * 10  # POSITIONS_PER_IMAGE sampled per image
+    # Gram matrices are BLAS products, whose sum order follows the thread count (Ray workers run one):
+    # float64 within 1e-12 of each array's largest value, the row counts identical; the shards sample
+    # the positions one pass samples.
+    for expected in (map_shards(task, model, data, SHARDS), map_shards(task, model, data, 1)):
+        assert sorted(on_ray) == sorted(expected) and on_ray["refit/conv2/rows"] == expected["refit/conv2/rows"]
+        for key, value in expected.items():
+            np.testing.assert_allclose(on_ray[key], value, rtol=0, atol=1e-12 * np.abs(value).max(), err_msg=key)
+
+
+def test_prune_reconstruct_on_two_nodes_gives_the_local_refit(cluster, tmp_path, capsys):
+    common = ["prune", SAMPLE, "-w", SAMPLE_WEIGHTS, "--criterion", "weight-l1", "--ratio", "0.5", "--reconstruct",
+              "--data", IDX, "--scale", "0.00390625", "--limit", COUNT, "--batch-size", BATCH]
+    code, _, err = run(capsys, *common, "-o", tmp_path / "ray", "--engine", "ray", "--address", cluster,
+                       "--shards", SHARDS)
+    assert code == 0, err
+    code, _, err = run(capsys, *common, "-o", tmp_path / "local")
+    assert code == 0, err
+    on_ray, local = (json.loads((tmp_path / f"{name}.report.json").read_text())["refits"] for name in ("ray", "local"))
+    assert [r["layer"] for r in on_ray] == [r["layer"] for r in local] == ["conv2", "fc_3", "fc_classes"]
+    assert [r["rows"] for r in on_ray] == [r["rows"] for r in local]
+    # The workers' one onnxruntime thread rounds the activations differently from the local pass: the
+    # refit nets agree to float32 rounding amplified by the solves, far inside what the refit changes.
+    x = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+    outputs = {name: Runtime(*pruned(tmp_path, name)).run(x)["class_proba"] for name in ("ray", "local")}
+    np.testing.assert_allclose(outputs["ray"], outputs["local"], rtol=0, atol=1e-4)
+
+
+def pruned(folder, name):
+    model = load_model(folder / f"{name}.prototxt", folder / f"{name}.caffemodel")
+    return model.net, model.shapes

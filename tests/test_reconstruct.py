@@ -8,7 +8,7 @@ from caffe_surgery.cli import main
 from caffe_surgery.criteria import weight_l1
 from caffe_surgery.data.arrays import ArraySource
 from caffe_surgery.groups import build_groups
-from caffe_surgery.reconstruct import (LeastSquares, accumulate, compensate, consumers, reconstruct,
+from caffe_surgery.reconstruct import (LeastSquares, accumulate, compensate, consumers, local_sums, reconstruct,
                                        weight_matrix)
 from caffe_surgery.runtime import Runtime
 from caffe_surgery.statistics import merge_files, save_arrays
@@ -60,8 +60,7 @@ def test_removed_channels_that_are_combinations_of_kept_ones_are_recovered_exact
     groups = build_groups(net, shapes)
     keep = {groups.of_layer("conv1").id: np.arange(4)}
     x = images(64, (3, 6, 6), seed=2)
-    pruned, pruned_shapes, refits, notes = reconstruct(net, shapes, groups, keep, lambda: batches_of(x),
-                                                       runtime_options=CPU)
+    pruned, pruned_shapes, refits, notes = reconstruct(net, shapes, groups, keep, local_sums(lambda: batches_of(x), CPU))
     assert [r.layer for r in refits] == ["conv2"] and not notes
     assert refits[0].error_before > 1e-2 and refits[0].error_after < 1e-9
     want = Runtime(net, shapes, **CPU).run(x)["out"]
@@ -100,8 +99,8 @@ def test_reconstruction_reduces_every_error_and_sequential_sees_the_refit_upstre
     x = images(64, (3, 12, 12), seed=6)
     results = {}
     for sequential in (True, False):
-        *_, refits, _ = reconstruct(net, shapes, groups, keep, lambda: batches_of(x), sequential=sequential,
-                                    runtime_options=CPU)
+        *_, refits, _ = reconstruct(net, shapes, groups, keep, local_sums(lambda: batches_of(x), CPU),
+                                    sequential=sequential)
         assert all(r.error_after < r.error_before for r in refits)
         results[sequential] = refits
     assert results[True][0].error_before == pytest.approx(results[False][0].error_before)

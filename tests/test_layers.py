@@ -235,3 +235,26 @@ def test_installed_package_plugin_via_entry_point(tmp_path, fork_net):
     x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
     expected = reference(blobs, x)
     assert np.abs(run_onnx(tmp_path / "net.onnx", x) - expected).max() <= 1e-4 * max(1, np.abs(expected).max())
+
+
+RACE = """
+import sys, threading
+sys.setswitchinterval(1e-6)
+from caffe_surgery.layers import registry
+barrier, found = threading.Barrier(8), []
+def ask():
+    barrier.wait()
+    found.append(len(registry.types_with("export")) if registry.lookup("Input") else 0)
+threads = [threading.Thread(target=ask) for _ in range(8)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+print(found)
+"""
+
+
+def test_threads_asking_at_once_all_see_the_whole_registry():
+    """A Ray worker unpickles a task's arguments in threads: none may see a half-loaded registry."""
+    done = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    found = json.loads(done.stdout)
+    assert done.returncode == 0 and len(found) == 8 and set(found) == {len(layers.types_with("export"))}, done.stderr

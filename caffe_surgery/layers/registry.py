@@ -20,6 +20,7 @@ declaration; the built-in families load on the first lookup, plugins add theirs 
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,6 +130,8 @@ FACETS = ("shape", "export", "channels", "rewrite", "train")
 
 _REGISTRY: dict[str, LayerType] = {}
 _loaded = False
+_loading = False
+_LOADING_LOCK = threading.RLock()
 _origin = ""
 
 
@@ -151,14 +154,23 @@ def declare(*declarations: LayerType) -> LayerType:
 
 
 def _load_builtins() -> None:
-    """Import the built-in families, then the installed plugins (entry points), once."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for family in FAMILIES:
-            importlib.import_module(f"{__package__}.{family}")
-        from .plugins import load_entry_points
-        load_entry_points()
+    """Import the built-in families, then the installed plugins (entry points), once. Another thread
+    asking meanwhile waits for the whole registry (a Ray worker unpickles a task's arguments in
+    threads); a call from within that loading, on its own thread, returns at once."""
+    global _loaded, _loading
+    if _loaded:
+        return
+    with _LOADING_LOCK:
+        if _loaded or _loading:
+            return
+        _loading = True
+        try:
+            for family in FAMILIES:
+                importlib.import_module(f"{__package__}.{family}")
+            from .plugins import load_entry_points
+            load_entry_points()
+        finally:  # once, even when a plugin fails (its error is raised this once)
+            _loading, _loaded = False, True
 
 
 def lookup(type_name: str) -> LayerType | None:

@@ -9,7 +9,7 @@ import numpy as np
 from ..caffe_pb2 import EltwiseParameter
 from ..export.context import LayerContext
 from ..graph import Layer
-from .channels import PER_CHANNEL, custom, drop_channel_entries, pin_all
+from .channels import PER_CHANNEL, custom, drop_channel_entries, keep_or_pin, pin_all
 from .fork_params import ForkParam, fork_param
 from .registry import Departure, LayerType, NotApplicable, Train, declare
 from .shape_rules import Rule, Shape, canonical_axis, fail
@@ -288,11 +288,9 @@ def reduce(ctx: LayerContext) -> None:
         "batch axis before them): pins")
 def _reduce_channels(builder, layer, bottoms) -> None:
     _, axes, keepdims = reduce_settings(layer, len(builder.shapes.blob(layer.bottoms[0])))
-    if 1 in axes or 0 in axes and not keepdims:
-        where = "the channel axis" if 1 in axes else "the batch axis, moving the channels"
-        pin_all(builder, layer, bottoms, f"Reduce '{layer.name}' reduces {where}", f"output of Reduce '{layer.name}'")
-        return
-    builder.pass_through(layer, bottoms[0], "structure")
+    where = "the channel axis" if 1 in axes else "the batch axis, moving the channels"
+    keep_or_pin(builder, layer, bottoms,
+                f"Reduce '{layer.name}' reduces {where}" if 1 in axes or 0 in axes and not keepdims else None)
 
 
 def _reduce_op(layer, bottoms, phase):

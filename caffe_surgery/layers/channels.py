@@ -39,6 +39,15 @@ def pin_all(builder, layer, bottoms, reason: str, output: str) -> None:
     builder.pinned_output(layer, output)
 
 
+def keep_or_pin(builder, layer, bottoms, pinned_because: str | None) -> None:
+    """Without a reason, the top keeps the first bottom's channels (a structural pass-through); with one,
+    every group read is pinned for it and the top is the layer's own pinned output."""
+    if pinned_because is None:
+        builder.pass_through(layer, bottoms[0], "structure")
+    else:
+        pin_all(builder, layer, bottoms, pinned_because, f"output of {layer.type} '{layer.name}'")
+
+
 def _mixes(builder, layer, bottoms) -> None:
     pin_all(builder, layer, bottoms, f"read by {layer.type} '{layer.name}', which mixes channels",
             f"output of {layer.type} '{layer.name}'")

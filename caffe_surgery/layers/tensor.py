@@ -13,7 +13,7 @@ from ..caffe_pb2 import ReductionParameter
 from ..errors import PlanError
 from ..export.context import LayerContext
 from ..graph import Layer
-from .channels import PASS_THROUGH, PIN, custom, pin_all
+from .channels import PASS_THROUGH, PIN, custom, keep_or_pin, pin_all
 from .fork_params import fork_param
 from .registry import Departure, LayerType, NotApplicable, Train, declare
 from .shape_rules import Rule, Shape, canonical_axis, fail
@@ -432,11 +432,8 @@ def _flatten_channels(builder, layer, bottoms) -> None:
         builder.member(bottoms[0], layer, "structure")
         builder.layouts[layer.tops[0]] = builder.flattened(bottoms[0], layer.bottoms[0])
         return
-    if start >= 2:
-        builder.pass_through(layer, bottoms[0], "structure")
-        return
-    pin_all(builder, layer, bottoms, f"Flatten '{layer.name}' folds the channels into the batch axis",
-            f"output of Flatten '{layer.name}'")
+    keep_or_pin(builder, layer, bottoms,
+                None if start >= 2 else f"Flatten '{layer.name}' folds the channels into the batch axis")
 
 
 @custom("to (N, C*H*W): widens each channel to a block; a maxout reshape builds units; else pins")
@@ -448,30 +445,23 @@ def _reshape_channels(builder, layer, bottoms) -> None:
         return
     if builder.maxout_reshape(layer, bottoms[0], before, after):
         return
-    if tuple(before) == tuple(after):
-        builder.pass_through(layer, bottoms[0], "structure")
-        return
-    pin_all(builder, layer, bottoms[:1], f"Reshape '{layer.name}' regroups the channels",
-            f"output of Reshape '{layer.name}'")
+    keep_or_pin(builder, layer, bottoms[:1],
+                None if tuple(before) == tuple(after) else f"Reshape '{layer.name}' regroups the channels")
 
 
 @custom("crops spatial axes only: keeps the channels; crops the channels: pins; its reference is pinned")
 def _crop_channels(builder, layer, bottoms) -> None:
     builder.pin(bottoms[1], f"reference shape of Crop '{layer.name}'")
-    if canonical_axis(layer.param.crop_param.axis, len(builder.shapes.blob(layer.bottoms[0]))) >= 2:
-        builder.pass_through(layer, bottoms[0], "structure")
-        return
-    pin_all(builder, layer, bottoms[:1], f"cropped along the channels by Crop '{layer.name}'",
-            f"output of Crop '{layer.name}'")
+    spatial_only = canonical_axis(layer.param.crop_param.axis, len(builder.shapes.blob(layer.bottoms[0]))) >= 2
+    keep_or_pin(builder, layer, bottoms[:1],
+                None if spatial_only else f"cropped along the channels by Crop '{layer.name}'")
 
 
 @custom("interleaves its channel groups: pins the channels it reads (a subset would shuffle differently)")
 def _shuffle_channels(builder, layer, bottoms) -> None:
-    if shuffle_groups(layer) == 1:
-        builder.pass_through(layer, bottoms[0], "structure")
-        return
-    pin_all(builder, layer, bottoms, f"ShuffleChannel '{layer.name}' interleaves its {shuffle_groups(layer)} "
-            "channel groups", f"output of ShuffleChannel '{layer.name}'")
+    groups = shuffle_groups(layer)
+    keep_or_pin(builder, layer, bottoms,
+                None if groups == 1 else f"ShuffleChannel '{layer.name}' interleaves its {groups} channel groups")
 
 
 # ------------------------------------------------------------------ surgery

@@ -86,7 +86,7 @@ class OpenCVRuntime(Runner):
         self._wanted = wanted
         # Per wanted blob, by position: inferred shape and values per sample; where each result comes from.
         # Nothing is hashed or multiplied per call: a 12x12 net runs in ~20 us, this work is part of it.
-        self._sample_shapes = [(tuple(shapes.blob(v)), math.prod(tuple(shapes.blob(v))[1:])) for v in wanted]
+        self._sample_shapes = [(shape, math.prod(shape[1:])) for shape in (tuple(shapes.blob(v)) for v in wanted)]
         self._output_at = [(v.key, wanted.index(v)) for v in self.outputs]
         self._summary_at = [(summary_name(v.key), wanted.index(v)) for v in self.summaries]
         deployed = deploy_net(net, shapes)

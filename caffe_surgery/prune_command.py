@@ -5,6 +5,7 @@ command line prints."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,9 +141,8 @@ def _plan(request, model, source, groups, group_list, calibration=None):
 
 def _pruned(request, model, source, calibration, groups, group_list, protected):
     """The plan, the pruned net and its shapes (compensated or reconstructed when asked), notes and refits."""
-    from .cluster import ray_connection
     from .plan import resolve_plan
-    from .reconstruct import cluster_sums, compensate, local_sums, reconstruct
+    from .reconstruct import compensate, reconstruct
     from .surgery import apply_plan
 
     plan, net, notes, _ = _plan(request, model, source, groups, group_list, calibration)
@@ -150,25 +150,34 @@ def _pruned(request, model, source, calibration, groups, group_list, protected):
     if protected & {p for gid in keep for p in groups.groups[gid].producers}:
         raise CaffeSurgeryError(f"the plan prunes protected layers: {', '.join(sorted(protected))}", file=request.plan)
     refits = []
-    if request.reconstruct and request.engine == "ray":
-        with ray_connection(request.address):
-            sums_of = cluster_sums(calibration_request(request, model.net), task_runtime_options(request),
-                                   request.shards, request.address)
+    if request.reconstruct:
+        with _reconstruction_sums(request, model, calibration) as sums_of:
             pruned_net, pruned_shapes, refits, skipped = reconstruct(net, model.shapes, groups, keep, sums_of,
                                                                      sequential=not request.independent)
         return plan, pruned_net, pruned_shapes, notes + [r.note() for r in refits] + skipped, refits
-    if request.compensate or request.reconstruct:
+    if request.compensate:
         held = list(data_batches(model, calibration, request.batch_size, "calibration"))
-        if request.reconstruct:
-            pruned_net, pruned_shapes, refits, skipped = reconstruct(
-                net, model.shapes, groups, keep, local_sums(lambda: held, runtime_options(request)),
-                sequential=not request.independent)
-            return plan, pruned_net, pruned_shapes, notes + [r.note() for r in refits] + skipped, refits
         net, refits, skipped = compensate(net, model.shapes, groups, keep, lambda: held,
                                           runtime_options=runtime_options(request))
         notes += [refit.note() for refit in refits] + skipped
     pruned_net, pruned_shapes = apply_plan(net, model.shapes, groups, keep)
     return plan, pruned_net, pruned_shapes, notes, refits
+
+
+@contextmanager
+def _reconstruction_sums(request, model, calibration):
+    """How --reconstruct gathers each consumer's statistics: as shard tasks on Ray (one connection for all
+    consumers), or here in one pass each over the calibration data, held in memory."""
+    from .cluster import ray_connection
+    from .reconstruct import cluster_sums, local_sums
+
+    if request.engine == "ray":
+        with ray_connection(request.address):
+            yield cluster_sums(calibration_request(request, model.net), task_runtime_options(request),
+                               request.shards, request.address)
+    else:
+        held = list(data_batches(model, calibration, request.batch_size, "calibration"))
+        yield local_sums(lambda: held, runtime_options(request))
 
 
 def _retrainer(request):
